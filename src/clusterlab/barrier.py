@@ -1,0 +1,120 @@
+"""What a barrier *does*, apart from how the bytes travel.
+
+A barrier is the simplest collective: every rank announces "I am here", and
+nobody leaves until all ``world_size`` ranks have arrived. clusterlab treats it
+as a gather of nothing: :func:`clusterlab.all_gather_object` and
+:func:`clusterlab.barrier` are the same round, one carrying data and one not.
+
+Rounds are numbered: a rank's k-th collective call belongs to round k. The
+master agent keeps one :class:`GatherTable` and feeds it every arrival; the
+table answers with an :class:`Outcome` when a round completes or fails:
+
+* **release** - all ranks arrived with the same name: everyone leaves, carrying
+  the gathered data in rank order;
+* **mismatch** - two ranks reached round k under different names (say rank 0 is
+  in ``barrier("epoch")`` while rank 5 is in ``barrier("eval")``). On a real
+  cluster this is a silent hang or corrupted data; here it is an error naming
+  both names and their ranks, raised at once;
+* **timeout** - some ranks did not arrive within the timeout of the first rank
+  that did: an error naming the ranks (and their nodes) that never came.
+
+The table is pure logic: no sockets, no clocks of its own (``now`` is passed in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .layout import ClusterLayout, format_ranks
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one round, to deliver to ``ranks``."""
+
+    seq: int
+    ranks: tuple[int, ...]
+    data: list | None = None  # gathered data, in rank order, on release
+    error: str | None = None  # the message every rank raises, on failure
+
+
+@dataclass
+class _Round:
+    seq: int
+    names: dict[int, str] = field(default_factory=dict)
+    data: dict[int, object] = field(default_factory=dict)
+    deadline: float = float("inf")
+    timeout: float = 0.0
+    error: str | None = None
+
+
+def _label(name: str) -> str:
+    return repr(name) if name else "<unnamed>"
+
+
+class GatherTable:
+    """Collects arrivals per round for one world and decides when rounds end."""
+
+    def __init__(self, layout: ClusterLayout) -> None:
+        self.layout = layout
+        self._rounds: dict[int, _Round] = {}
+
+    def _where(self, ranks) -> str:
+        by_node: dict[int, list[int]] = {}
+        for r in sorted(ranks):
+            by_node.setdefault(self.layout.locate(r)[0], []).append(r)
+        return "; ".join(f"rank {format_ranks(rs)} on node{n}" for n, rs in by_node.items())
+
+    def arrive(self, rank: int, seq: int, name: str, timeout: float, data: object, now: float) -> Outcome | None:
+        """Record that ``rank`` entered round ``seq``; return the outcome if the round ends now."""
+        rnd = self._rounds.get(seq)
+        if rnd is None:
+            rnd = self._rounds[seq] = _Round(seq)
+        if rank in rnd.names:
+            return Outcome(seq, (rank,), error=f"rank {rank} entered collective call #{seq} twice")
+        rnd.names[rank] = name
+        rnd.data[rank] = data
+        if now + timeout < rnd.deadline:
+            rnd.deadline, rnd.timeout = now + timeout, timeout
+        if rnd.error is None:
+            first = next(iter(rnd.names.values()))
+            if name != first:
+                groups: dict[str, list[int]] = {}
+                for r, n in rnd.names.items():
+                    groups.setdefault(n, []).append(r)
+                parts = " but ".join(f"{self._where(rs)} reached {_label(n)}" for n, rs in groups.items())
+                rnd.error = (
+                    f"barrier name mismatch at collective call #{seq}: {parts}; "
+                    "every rank must call the same barriers in the same order"
+                )
+                return self._finish(rnd, tuple(rnd.names))
+        elif rnd.error is not None:
+            return self._finish(rnd, (rank,))
+        if len(rnd.names) == self.layout.world_size:
+            del self._rounds[seq]
+            return Outcome(seq, tuple(range(self.layout.world_size)), data=[rnd.data[r] for r in range(self.layout.world_size)])
+        return None
+
+    def _finish(self, rnd: _Round, ranks: tuple[int, ...]) -> Outcome:
+        if len(rnd.names) == self.layout.world_size:
+            self._rounds.pop(rnd.seq, None)
+        return Outcome(rnd.seq, ranks, error=rnd.error)
+
+    def next_deadline(self) -> float:
+        """The earliest moment a pending round times out (``inf`` if none)."""
+        return min((r.deadline for r in self._rounds.values() if r.error is None), default=float("inf"))
+
+    def expire(self, now: float) -> list[Outcome]:
+        """Fail every round whose deadline has passed; the error names who never arrived."""
+        out = []
+        for rnd in list(self._rounds.values()):
+            if rnd.error is None and rnd.deadline <= now:
+                missing = [r for r in range(self.layout.world_size) if r not in rnd.names]
+                names = sorted(set(rnd.names.values()))
+                rnd.error = (
+                    f"barrier {', '.join(_label(n) for n in names)} (collective call #{rnd.seq}) timed out "
+                    f"after {rnd.timeout:g}s: {self._where(missing)} never arrived "
+                    f"({len(rnd.names)} of {self.layout.world_size} ranks did)"
+                )
+                out.append(Outcome(rnd.seq, tuple(rnd.names), error=rnd.error))
+        return out

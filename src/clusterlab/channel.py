@@ -1,0 +1,180 @@
+"""The worker's side of clusterlab's collectives: barrier and all_gather_object.
+
+Under ``clusterlab launch`` / ``simulate`` every worker inherits two pipes from
+its node agent (their numbers are in ``CLUSTERLAB_CHANNEL``). A collective call
+writes one JSON line to the agent and blocks reading the answer:
+
+1. **inside the node** the agent collects its workers' arrivals from their pipes;
+2. **across nodes** the agents forward them over TCP to the master agent (node 0),
+   which holds the round until every rank of every node has arrived;
+3. the release travels back the same way: master -> agents (TCP) -> workers (pipes).
+
+Under real ``torchrun`` with ``torch.distributed`` initialised, the same calls
+use ``torch.distributed.barrier()`` and ``all_gather_object``, so a lab script
+runs unchanged on a real cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import time
+
+from .errors import BarrierError
+
+#: default seconds a collective waits for every rank (``CLUSTERLAB_BARRIER_TIMEOUT`` overrides)
+DEFAULT_TIMEOUT = 300.0
+#: extra seconds the worker waits for its agent's answer beyond the round's own timeout
+_AGENT_GRACE = 15.0
+
+
+class _Channel:
+    def __init__(self, spec: str) -> None:
+        try:
+            self.wfd, self.rfd = (int(x) for x in spec.split(","))
+            os.fstat(self.wfd), os.fstat(self.rfd)
+        except (ValueError, OSError):
+            raise BarrierError(
+                f"CLUSTERLAB_CHANNEL={spec!r} does not name this process's pipes to its agent; "
+                "only the workers the launcher started (not their children) can call collectives"
+            ) from None
+        self.seq = 0
+        self.buf = b""
+        self.trace = os.environ.get("CLUSTERLAB_TRACE")
+        self.rank = int(os.environ.get("RANK", "-1"))
+
+    def gather(self, name: str, timeout: float, data: object) -> list:
+        seq, self.seq = self.seq, self.seq + 1
+        request = {"op": "gather", "seq": seq, "name": name, "timeout": timeout, "data": data}
+        arrive = time.time()
+        line = json.dumps(request, separators=(",", ":")).encode() + b"\n"
+        try:
+            os.write(self.wfd, line) if len(line) <= 4096 else _write_all(self.wfd, line)
+        except BrokenPipeError:
+            raise BarrierError("the node agent is gone (its pipe is closed)") from None
+        reply = self._read_reply(timeout + _AGENT_GRACE, name)
+        leave = time.time()
+        if self.trace:
+            self._record(name, seq, arrive, leave, reply.get("error"))
+        if "error" in reply:
+            raise BarrierError(f"rank {self.rank}: {reply['error']}")
+        return reply["data"]
+
+    def _read_reply(self, wait: float, name: str) -> dict:
+        deadline = time.monotonic() + wait
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.rfd], [], [], left)[0]:
+                raise BarrierError(
+                    f"rank {self.rank}: no answer from the node agent for barrier {name!r} within {wait:g}s"
+                )
+            chunk = os.read(self.rfd, 1 << 16)
+            if not chunk:
+                raise BarrierError(f"rank {self.rank}: the node agent closed the channel during barrier {name!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return json.loads(line)
+
+    def _record(self, name: str, seq: int, arrive: float, leave: float, error: str | None) -> None:
+        event = {
+            "rank": self.rank,
+            "node": int(os.environ.get("GROUP_RANK", "0")),
+            "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
+            "attempt": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+            "name": name,
+            "seq": seq,
+            "arrive": arrive,
+            "leave": leave,
+        }
+        if error:
+            event["error"] = error
+        # one O_APPEND write per event: lines from concurrent ranks never interleave
+        fd = os.open(self.trace, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, json.dumps(event).encode() + b"\n")
+        finally:
+            os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+_channel: _Channel | None = None
+
+
+def _get_channel() -> _Channel | None:
+    global _channel
+    if _channel is None:
+        spec = os.environ.get("CLUSTERLAB_CHANNEL")
+        if spec:
+            _channel = _Channel(spec)
+    return _channel
+
+
+def _torch_dist():
+    """``torch.distributed`` if it is imported and initialised in this process, else None."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist
+    return None
+
+
+def _resolve_timeout(timeout: float | None) -> float:
+    if timeout is None:
+        timeout = float(os.environ.get("CLUSTERLAB_BARRIER_TIMEOUT", DEFAULT_TIMEOUT))
+    if not timeout > 0:
+        raise ValueError(f"timeout={timeout!r} must be a positive number of seconds")
+    return float(timeout)
+
+
+def all_gather_object(obj: object, name: str | None = None, timeout: float | None = None) -> list:
+    """Gather one JSON-serialisable object from every rank; every rank gets the list in rank order.
+
+    Blocks until all ranks called it (it is a barrier that carries data). Raises
+    :class:`~clusterlab.errors.BarrierError` on timeout or when ranks called
+    differently named collectives.
+    """
+    channel = _get_channel()
+    if channel is None:
+        dist = _torch_dist()
+        if dist is None:
+            raise BarrierError(_NO_LAUNCHER)
+        out: list = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return channel.gather(name or "", _resolve_timeout(timeout), obj)
+
+
+def barrier(name: str | None = None, timeout: float | None = None) -> None:
+    """Block until every rank of the job has reached this barrier.
+
+    ``name`` labels the barrier in traces and errors: ranks that reach
+    differently named barriers get a :class:`~clusterlab.errors.BarrierError`
+    naming both, instead of a hang. ``timeout`` (seconds, default 300 or
+    ``CLUSTERLAB_BARRIER_TIMEOUT``) bounds the wait; the error names the ranks,
+    and their nodes, that never arrived.
+
+    Under clusterlab's launcher the barrier runs over the agents' pipes and TCP;
+    under torchrun with ``torch.distributed`` initialised it is
+    ``torch.distributed.barrier()``.
+    """
+    channel = _get_channel()
+    if channel is None:
+        dist = _torch_dist()
+        if dist is None:
+            raise BarrierError(_NO_LAUNCHER)
+        dist.barrier()
+        return
+    channel.gather(name or "", _resolve_timeout(timeout), None)
+
+
+_NO_LAUNCHER = (
+    "clusterlab.barrier() needs a launcher: run this script under `clusterlab launch` or "
+    "`clusterlab simulate`, or call torch.distributed.init_process_group() first when running under torchrun"
+)

@@ -1,0 +1,93 @@
+"""Worker output: whole lines, each prefixed with who wrote it.
+
+An agent reads every worker's stdout and stderr through pipes. Bytes arrive in
+arbitrary chunks, so :class:`LineBuffer` keeps the unfinished tail of a line
+until its newline comes; only whole lines are ever written out, each with one
+``os.write`` call, so two ranks never share a line. Each line goes to the
+console (unless ``--local-ranks-filter`` hides that rank) and, with
+``--log-dir``, unprefixed into the rank's own log file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+
+select_pipe_buf = 4096  # PIPE_BUF on Linux
+
+
+def prefix(node_rank: int, rank: int, local_rank: int) -> bytes:
+    """``[node1 rank5 local1] `` - the tag in front of every worker line."""
+    return f"[node{node_rank} rank{rank} local{local_rank}] ".encode()
+
+
+class LineBuffer:
+    """Split a byte stream into complete lines (keeping their ``\\n``)."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        data = self._partial + data
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        return data[:cut].splitlines(keepends=True)
+
+    def flush(self) -> list[bytes]:
+        """At end of stream: the unterminated last line, given its newline."""
+        rest, self._partial = self._partial, b""
+        return [rest + b"\n"] if rest else []
+
+
+class StreamPump:
+    """One worker stream: lines to the console (prefixed), to a log file, and a short tail."""
+
+    def __init__(self, tag: bytes, console_fd: int | None, log_path: str | None, tail: int = 0) -> None:
+        self.tag = tag
+        self.console_fd = console_fd
+        self.lines = LineBuffer()
+        self.tail: deque[str] = deque(maxlen=tail or None) if tail else deque(maxlen=0)
+        self._log = open(log_path, "ab", buffering=0) if log_path else None  # noqa: SIM115
+
+    def feed(self, data: bytes) -> None:
+        self._emit(self.lines.feed(data))
+
+    def close(self) -> None:
+        self._emit(self.lines.flush())
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def _emit(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        if self._log:
+            self._log.write(b"".join(lines))
+        if self.tail.maxlen:
+            self.tail.extend(line.decode(errors="replace").rstrip("\n") for line in lines[-self.tail.maxlen:])
+        if self.console_fd is not None:
+            # Writes of at most PIPE_BUF bytes to a pipe are atomic, so batch whole lines up to
+            # that size: other agents sharing the console can then never split one of our lines.
+            batch = b""
+            for line in lines:
+                line = self.tag + line
+                if batch and len(batch) + len(line) > select_pipe_buf:
+                    _write_all(self.console_fd, batch)
+                    batch = b""
+                batch += line
+            _write_all(self.console_fd, batch)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            import select
+
+            select.select([], [fd], [], 1.0)
+            continue
+        except BrokenPipeError:
+            return  # nobody reads the console any more; the log files still get everything
+        view = view[n:]

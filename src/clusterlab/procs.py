@@ -1,0 +1,118 @@
+"""Worker processes: start them so that they can always be stopped.
+
+Each worker starts in a session (and process group) of its own, so that a
+signal to the group reaches the worker *and* anything it started (data loader
+processes, shells). On Linux each worker also asks the kernel for
+``PR_SET_PDEATHSIG``: if its agent dies, even by SIGKILL, the worker is killed
+too and never outlives the job.
+
+Stopping follows torchrun's shape: SIGTERM to every group, a grace period, then
+SIGKILL to whatever is still alive, including descendants that left the group
+(found with psutil).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+_PR_SET_PDEATHSIG = 1
+_libc = None
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def _child_setup(parent: int) -> None:
+    set_pdeathsig()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def spawn(argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = (), cwd: str | None = None) -> subprocess.Popen:
+    """Start one worker in its own session, stdout and stderr piped to us, stdin closed."""
+    if sys.platform.startswith("linux") and _libc is None:
+        set_pdeathsig(0)  # load libc here, once, not in the forked child
+    parent = os.getpid()
+    return subprocess.Popen(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=pass_fds,
+        start_new_session=True,
+        preexec_fn=(lambda: _child_setup(parent)) if sys.platform.startswith("linux") else None,
+    )
+
+
+def signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the worker's whole process group (it leads its own)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def descendants(pids: list[int]) -> list:
+    """Every live descendant of ``pids`` (psutil.Process objects), for a final sweep."""
+    import psutil
+
+    found = []
+    for pid in pids:
+        try:
+            found += psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            continue
+    return found
+
+
+def kill_all(procs) -> None:
+    """SIGKILL psutil processes, ignoring those already gone."""
+    import psutil
+
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
+    """Blocking helper: SIGTERM every group, wait up to ``grace`` seconds, SIGKILL the rest."""
+    live = [p for p in procs if p.poll() is None]
+    family = descendants([p.pid for p in live])
+    for p in live:
+        signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in live:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            signal_group(p, signal.SIGKILL)
+            p.wait()
+    kill_all(family)
+
+
+def describe_exit(returncode: int) -> str:
+    """``-9`` -> ``"signal 9 (SIGKILL)"``, ``3`` -> ``"exit code 3"``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown"
+        return f"signal {-returncode} ({name})"
+    return f"exit code {returncode}"
