@@ -1,0 +1,42 @@
+"""The barrier's decisions, without processes: release, mismatch, timeout."""
+
+from clusterlab.barrier import GatherTable
+from clusterlab.layout import ClusterLayout
+
+
+def test_release_only_when_every_rank_arrived():
+    table = GatherTable(ClusterLayout(2, 2))
+    for rank in (3, 0, 2):
+        assert table.arrive(rank, 0, "step", 10, rank * 10, now=0.0) is None
+    out = table.arrive(1, 0, "step", 10, 10, now=0.0)
+    assert out.error is None and out.data == [0, 10, 20, 30] and out.ranks == (0, 1, 2, 3)
+
+
+def test_rounds_are_independent():
+    table = GatherTable(ClusterLayout(1, 2))
+    assert table.arrive(0, 0, "a", 10, None, 0) is None
+    assert table.arrive(0, 1, "b", 10, None, 0) is None  # rank 0 ran ahead? it cannot; but the table keeps rounds apart
+    assert table.arrive(1, 0, "a", 10, None, 0).data == [None, None]
+
+
+def test_mismatch_names_both_barriers_and_their_ranks():
+    table = GatherTable(ClusterLayout(2, 2))
+    table.arrive(0, 0, "epoch", 10, None, 0)
+    table.arrive(1, 0, "epoch", 10, None, 0)
+    out = table.arrive(2, 0, "eval", 10, None, 0)
+    assert "rank 0-1 on node0 reached 'epoch'" in out.error and "rank 2 on node1 reached 'eval'" in out.error
+    assert set(out.ranks) == {0, 1, 2}
+    late = table.arrive(3, 0, "eval", 10, None, 0)  # a late rank gets the same error, at once
+    assert late.error == out.error and late.ranks == (3,)
+
+
+def test_timeout_names_missing_ranks_and_nodes():
+    table = GatherTable(ClusterLayout(2, 2))
+    table.arrive(0, 0, "step", 2.0, None, now=100.0)
+    table.arrive(1, 0, "step", 5.0, None, now=100.5)
+    assert table.next_deadline() == 102.0
+    assert table.expire(101.9) == []
+    (out,) = table.expire(102.0)
+    assert "timed out after 2s" in out.error and "rank 2-3 on node1 never arrived" in out.error
+    assert "2 of 4 ranks did" in out.error and out.ranks == (0, 1)
+    assert table.next_deadline() == float("inf")

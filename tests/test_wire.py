@@ -1,0 +1,49 @@
+"""The agents' frame codec, including hostile input."""
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clusterlab.wire import MAX_FRAME, FrameDecoder, ProtocolError, encode
+
+
+def test_round_trip_in_arbitrary_chunks():
+    messages = [{"t": "hello", "n": i, "s": "x" * i} for i in range(20)]
+    data = b"".join(encode(m) for m in messages)
+    dec = FrameDecoder()
+    out = []
+    for i in range(0, len(data), 7):
+        out += dec.feed(data[i:i + 7])
+    assert out == messages and dec.pending == 0
+
+
+def test_oversized_length_is_refused_before_allocating():
+    dec = FrameDecoder()
+    with pytest.raises(ProtocolError, match="exceeds"):
+        dec.feed(struct.pack(">I", MAX_FRAME + 1))
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe", b"[1, 2]", b'{"no_t": 1}', b"not json", b'{"t": 5}'])
+def test_garbage_bodies_are_protocol_errors(body):
+    with pytest.raises(ProtocolError):
+        FrameDecoder().feed(struct.pack(">I", len(body)) + body)
+
+
+def test_truncated_frame_waits_for_more():
+    frame = encode({"t": "x"})
+    dec = FrameDecoder()
+    assert dec.feed(frame[:-1]) == []
+    assert dec.feed(frame[-1:]) == [{"t": "x"}]
+
+
+@given(st.binary(max_size=2048))
+def test_decoder_never_crashes_on_random_bytes(data):
+    dec = FrameDecoder(max_frame=1024)
+    try:
+        out = dec.feed(data)
+    except ProtocolError:
+        return
+    assert all(isinstance(m, dict) and isinstance(m["t"], str) for m in out)
+    assert dec.pending <= len(data)
