@@ -25,3 +25,15 @@ def test_gloo_all_reduce_under_two_launch_agents():
     outs = [p.communicate(timeout=150)[0] for p in (node0, node1)]
     assert node0.returncode == 0 and node1.returncode == 0, outs
     assert (outs[0] + outs[1]).count("all_reduce sum = 6 (expected 6)") == 4
+
+
+@pytest.mark.timeout(180)
+def test_same_script_under_real_torchrun():
+    """The reference: torch's own launcher runs the script too, and clusterlab.barrier() becomes dist.barrier()."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          SCRIPT], capture_output=True, text=True, timeout=150, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("all_reduce sum = 1 (expected 1)") == 2
