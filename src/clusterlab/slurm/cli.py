@@ -1,0 +1,166 @@
+"""``clusterlab srun``, ``clusterlab sbatch`` and ``clusterlab scontrol``: Slurm's commands, simulated.
+
+The srun and sbatch parsers hand their whole argument list to
+:func:`clusterlab.slurm.options.parse`, the same parser that reads ``#SBATCH``
+lines, so ``-N2``, ``-N 2``, ``--nodes=2`` and ``--nodes 2`` work everywhere and
+the command after the options is passed through untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from ..errors import UsageError
+from . import hosts, options
+from .environ import JOB_DIR_ENV, slurm_free, task_env
+from .job import Allocation, allocate, default_job_name, plan_step
+from .sbatch import merge, new_job_id, next_step_id, read_script, run_batch
+from .srun import find_command, run_step
+
+#: srun's input environment variables (srun(1), INPUT ENVIRONMENT VARIABLES) read inside a job.
+SRUN_ENV = {
+    "SLURM_NNODES": "nodes",
+    "SLURM_NTASKS": "ntasks",
+    "SLURM_NTASKS_PER_NODE": "ntasks_per_node",
+    "SLURM_CPUS_PER_TASK": "cpus_per_task",
+    "SLURM_DISTRIBUTION": "distribution",
+    "SLURM_GPUS_PER_TASK": "gpus_per_task",
+    "SLURM_LABELIO": "label",
+    "SLURM_KILL_BAD_EXIT": "kill_on_bad_exit",
+    "SLURM_WAIT": "wait",
+}
+
+SRUN_USAGE = """usage: clusterlab srun [OPTIONS] COMMAND [ARGS...]
+
+Run COMMAND as the tasks of a Slurm job step, each a local process that sees the
+environment srun would give it on its (simulated) node. Outside a job, srun first
+creates a job allocation, as real srun does; inside `clusterlab sbatch`, it runs
+the next step of that job.
+
+options:
+"""
+
+SBATCH_USAGE = """usage: clusterlab sbatch [--explain | --lint] [OPTIONS] SCRIPT [ARGS...]
+
+Run a batch script as Slurm would on the first node of its allocation, with
+#SBATCH directives, the batch environment, and clusterlab's srun and scontrol on
+PATH. --explain prints the plan (nodes, ranks, environment, srun steps, lint)
+without running anything; --lint prints only the linter's findings (exit 1 if any).
+
+options:
+"""
+
+
+def register(sub) -> None:
+    for name, func, about in (
+        ("srun", _cmd_srun, "run a job step's tasks as local processes with Slurm's environment"),
+        ("sbatch", _cmd_sbatch, "run (or --explain, --lint) a Slurm batch script on simulated nodes"),
+    ):
+        p = sub.add_parser(name, help=about, add_help=False, prefix_chars="+",
+                           description="See `clusterlab %s --help`." % name)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
+    p = sub.add_parser("scontrol", help="scontrol show hostnames: expand a Slurm hostlist, one name a line",
+                       description="Expand a hostlist such as node[001-004] (default: $SLURM_JOB_NODELIST), "
+                                   "one host name a line, in order.")
+    p.add_argument("action", choices=["show"])
+    p.add_argument("entity", choices=["hostnames", "hostname", "hostlist"])
+    p.add_argument("hostlist", nargs="?", default=None)
+    p.set_defaults(func=_cmd_scontrol)
+
+
+def _cmd_scontrol(args) -> int:
+    expression = args.hostlist or os.environ.get("SLURM_JOB_NODELIST")
+    if not expression:
+        raise UsageError("scontrol show hostnames: no hostlist given and SLURM_JOB_NODELIST is not set; "
+                         "write e.g. `clusterlab scontrol show hostnames node[001-004]`")
+    if args.entity == "hostlist":  # the inverse: a comma-separated list of names -> node[001-004]
+        print(hosts.compress(hosts.expand(expression)))
+        return 0
+    names = hosts.expand(expression)
+    print("\n".join(names))
+    return 0
+
+
+def _inside_job() -> str | None:
+    job_dir = os.environ.get(JOB_DIR_ENV)
+    if job_dir and os.environ.get("SLURM_JOB_ID") and os.path.isfile(os.path.join(job_dir, "allocation.json")):
+        return job_dir
+    return None
+
+
+def _cmd_srun(args) -> int:
+    argv = list(args.args)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(SRUN_USAGE + options.help_text("srun"))
+        return 0
+    values, command = options.parse(argv, "srun")
+    job_dir = _inside_job()
+    if job_dir:  # a step of the running job: inherit the job's SLURM_* as input options
+        alloc = Allocation.load(os.path.join(job_dir, "allocation.json"))
+        values = {**options.from_env(os.environ, SRUN_ENV), **values}
+        base = dict(os.environ)
+    else:  # srun outside a job creates the allocation itself (job name: the command's)
+        alloc = allocate(values, new_job_id(), os.getcwd(), default_job_name(command))
+        base = slurm_free(os.environ)
+    cwd = str(values["chdir"].value) if "chdir" in values else None
+    if cwd is not None and not os.path.isdir(cwd):
+        raise UsageError(f"srun: --chdir={cwd!r} is not a directory")
+    step = plan_step(alloc, values, 0)
+    find_command(command, base, cwd)  # nothing is launched, and no step id taken, for a missing command
+    if job_dir:
+        step = dataclasses.replace(step, step_id=next_step_id(job_dir))
+    envs = [{**base, **task_env(step, t)} for t in range(step.layout.ntasks)]
+    for env in envs:
+        if "label" in values:
+            env["SLURM_LABELIO"] = "1"
+    return run_step(
+        step, command, envs,
+        label=_flag(values, "label"),
+        kill_on_bad_exit=_flag(values, "kill_on_bad_exit"),
+        wait=int(values["wait"].value) if "wait" in values else 0,
+        cwd=cwd,
+        out_fd=sys.stdout.fileno(), err_fd=sys.stderr.fileno(),
+    )
+
+
+def _flag(values, key) -> bool:
+    if key not in values:
+        return False
+    v = values[key].value
+    if isinstance(v, bool) or isinstance(v, int):
+        return bool(v)
+    text = str(v).strip().lower()
+    return text in ("", "yes") or (text.isdigit() and int(text) != 0)
+
+
+def _cmd_sbatch(args) -> int:
+    argv = list(args.args)
+    if argv[:1] in (["-h"], ["--help"]) or not argv:
+        print(SBATCH_USAGE + options.help_text("sbatch"))
+        return 0 if argv else 2
+    mode = None
+    while argv and argv[0] in ("--explain", "--lint"):
+        mode = argv.pop(0)[2:]
+    cli_values, rest = options.parse(argv, "sbatch")
+    if not rest:
+        raise UsageError("sbatch: no batch script given; write e.g. `clusterlab sbatch job.sbatch`")
+    script = read_script(rest[0])
+    values = merge(script, os.environ, cli_values)
+    if mode == "lint":
+        from .lint import lint, render
+
+        findings = lint(script, values)
+        print(render(findings, script.path))
+        return 1 if findings else 0
+    alloc = allocate(values, new_job_id(), os.path.abspath(os.getcwd()), os.path.basename(script.path))
+    if mode == "explain":
+        from .explain import explain
+
+        print(explain(script, values, alloc))
+        return 0
+    sys.stdout.flush()
+    return run_batch(script, alloc, values, rest[1:])

@@ -1,0 +1,225 @@
+"""``sbatch``: read a batch script's ``#SBATCH`` directives, grant the allocation, run the script here.
+
+**Directives** (sbatch(1), DESCRIPTION): lines that start with ``#SBATCH`` before
+the first line that is neither blank nor a comment. After that line they are
+ordinary comments, silently ignored - a classic way to lose ``--gpus-per-node``.
+``# SBATCH`` (with a space) or ``##SBATCH`` is just a comment. A directive is
+read like command-line options (``--nodes=2``, ``--nodes 2``, ``-N2``, ``-N 2``);
+text after a ``#`` that follows a space is a comment.
+
+**Precedence** (highest first): options on the sbatch command line, then
+``SBATCH_*`` input environment variables (``SBATCH_JOB_NAME``,
+``SBATCH_GPUS_PER_NODE`` ...), then directives.
+
+**Running** mimics what slurmd does on the first node: the script is copied to a
+job directory as ``slurm_script`` (so ``$0`` is *not* your file, as on a real
+cluster), started in ``--chdir`` or the submission directory with the batch
+environment (:func:`~clusterlab.slurm.environ.batch_env`) and a ``bin``
+directory first on ``PATH`` whose ``srun`` and ``scontrol`` are clusterlab's.
+Each ``srun`` in the script takes the next step id from a counter file in the
+job directory. Unlike real sbatch, this one waits for the job (``sbatch
+--wait``), its exit status is the script's, and output goes to the terminal
+unless ``--output``/``--error`` name files (``%j`` job id, ``%x`` job name).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from ..errors import UsageError
+from . import options
+from .environ import JOB_DIR_ENV, batch_env, slurm_free
+from .job import Allocation
+
+DIRECTIVE = "#SBATCH"
+
+
+@dataclass(frozen=True)
+class Script:
+    """A batch script, split the way sbatch reads it."""
+
+    path: str
+    lines: tuple[str, ...]
+    directives: dict  # dest -> options.Value (source "line N")
+    directive_lines: tuple[int, ...]
+    first_command: int | None  # line number of the first command: directives stop there
+    ignored_directives: tuple[int, ...]  # #SBATCH lines after the first command
+
+
+def read_script(path: str) -> Script:
+    """Read ``path`` and its directives; a malformed directive is an error naming its line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UsageError(f"sbatch: script {path!r} not found; give the path of a batch script") from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise UsageError(f"sbatch: cannot read {path!r} as a batch script ({exc.__class__.__name__})") from None
+    return parse_script(text, path)
+
+
+def parse_script(text: str, path: str = "<script>") -> Script:
+    lines = tuple(text.splitlines())
+    if not lines or not lines[0].startswith("#!"):
+        raise UsageError(f"sbatch: {path}: line 1: this does not look like a batch script: the first line must "
+                         f"start with #! followed by the path to an interpreter, e.g. #!/bin/bash")
+    values: dict = {}
+    directive_lines, ignored = [], []
+    first_command = None
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if line.startswith(DIRECTIVE) and (len(line) == len(DIRECTIVE) or line[len(DIRECTIVE)].isspace()):
+            if first_command is not None:
+                ignored.append(number)
+                continue
+            where = f"{path}: line {number}"
+            try:
+                tokens = shlex.split(line[len(DIRECTIVE):], comments=True)
+            except ValueError as exc:
+                raise UsageError(f"sbatch: {where}: cannot read {line.strip()!r} ({exc}); close the quote") from None
+            if not tokens:
+                raise UsageError(f"sbatch: {where}: an #SBATCH line without an option; write e.g. #SBATCH --nodes=2")
+            found, _ = options.parse(tokens, "sbatch", where=f"line {number}", stop_at_positional=False)
+            values.update(found)
+            directive_lines.append(number)
+        elif first_command is None and stripped and not stripped.startswith("#"):
+            first_command = number
+    return Script(path, lines, values, tuple(directive_lines), first_command, tuple(ignored))
+
+
+def merge(script: Script, env, cli: dict) -> dict:
+    """Command line over ``SBATCH_*`` environment over directives."""
+    return {**script.directives, **options.from_env(env), **cli}
+
+
+def new_job_id(env=None) -> int:
+    """A fresh job id (``CLUSTERLAB_SLURM_JOB_ID`` pins it, e.g. for reproducible docs)."""
+    env = os.environ if env is None else env
+    pinned = env.get("CLUSTERLAB_SLURM_JOB_ID")
+    if pinned:
+        if not pinned.isdigit():
+            raise UsageError(f"CLUSTERLAB_SLURM_JOB_ID={pinned!r} is not a whole number; unset it or use e.g. 4242")
+        return int(pinned)
+    return 100000 + secrets.randbelow(900000)
+
+
+def next_step_id(job_dir: str) -> int:
+    """0, 1, 2 ... one per srun of the job, safe against sruns started in parallel (``srun ... &``)."""
+    path = os.path.join(job_dir, "step_counter")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = os.read(fd, 32).decode().strip()
+        step = int(raw) if raw.isdigit() else 0
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(step + 1).encode())
+        return step
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def make_job_dir(alloc: Allocation) -> str:
+    """The job's scratch directory: allocation, step counter, and the ``srun``/``scontrol`` shims."""
+    job_dir = tempfile.mkdtemp(prefix=f"clusterlab-job{alloc.job_id}-")
+    alloc.save(os.path.join(job_dir, "allocation.json"))
+    bin_dir = os.path.join(job_dir, "bin")
+    os.mkdir(bin_dir)
+    for command in ("srun", "scontrol"):
+        shim = os.path.join(bin_dir, command)
+        with open(shim, "w") as f:
+            f.write(f"#!/bin/sh\n# clusterlab's {command} for simulated job {alloc.job_id}\n"
+                    f"exec {shlex.quote(sys.executable)} -m clusterlab {command} \"$@\"\n")
+        os.chmod(shim, 0o755)
+    return job_dir
+
+
+def _output_path(pattern: str, alloc: Allocation) -> str:
+    return (pattern.replace("%%", "\0").replace("%j", str(alloc.job_id)).replace("%x", alloc.job_name)
+            .replace("%N", alloc.nodes[0]).replace("\0", "%"))
+
+
+def run_batch(script: Script, alloc: Allocation, values: dict, script_args: list[str]) -> int:
+    """Run the batch script on the (simulated) first node; return its exit status."""
+    cwd = str(values["chdir"].value) if "chdir" in values else os.getcwd()
+    if not os.path.isdir(cwd):
+        raise UsageError(f"sbatch: --chdir={cwd!r} is not a directory")
+    job_dir = make_job_dir(alloc)
+    try:
+        copy = os.path.join(job_dir, "slurm_script")
+        shutil.copyfile(script.path, copy)
+        os.chmod(copy, 0o700)
+        env = slurm_free(os.environ)
+        env.update(batch_env(alloc))
+        env[JOB_DIR_ENV] = job_dir
+        env["PATH"] = os.path.join(job_dir, "bin") + os.pathsep + env.get("PATH", os.defpath)
+        print(f"Submitted batch job {alloc.job_id}", flush=True)
+        files = []
+        try:
+            out = err = None
+            if "output" in values:
+                out = open(_output_path(str(values["output"].value), alloc), "ab")  # noqa: SIM115
+                files.append(out)
+            if "error" in values:
+                err = open(_output_path(str(values["error"].value), alloc), "ab")  # noqa: SIM115
+                files.append(err)
+            elif out is not None:
+                err = subprocess.STDOUT  # sbatch: stderr goes with stdout unless --error is given
+            proc = subprocess.Popen([copy, *script_args], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=err, start_new_session=True)
+            return _wait_batch(proc)
+        finally:
+            for f in files:
+                f.close()
+    finally:
+        _kill_job(job_dir)
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _wait_batch(proc: subprocess.Popen) -> int:
+    """Wait for the batch shell; a signal to sbatch is passed on to the whole job, like scancel."""
+    def forward(sig, _frame):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=1.0)
+                return 128 - code if code < 0 else code
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _kill_job(job_dir: str) -> None:
+    """End of job: every process that still carries the job's environment is killed (slurmd's cleanup)."""
+    import psutil
+
+    left = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.environ().get(JOB_DIR_ENV) == job_dir:
+                left.append(p)
+        except (psutil.Error, OSError):
+            continue
+    for p in left:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=2.0)
