@@ -61,6 +61,8 @@ class FrameDecoder:
                 message = json.loads(body)
             except (UnicodeDecodeError, ValueError) as exc:
                 raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
+            except RecursionError:  # a few KiB of '[[[[...' exhaust the parser's stack
+                raise ProtocolError("frame nests JSON too deeply") from None
             if not isinstance(message, dict) or not isinstance(message.get("t"), str):
                 raise ProtocolError("frame is not a JSON object with a string 't' field")
             out.append(message)
