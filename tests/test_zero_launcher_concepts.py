@@ -1,0 +1,141 @@
+"""DeepSpeed hostfiles, include/exclude filters and the ds_config batch rule (runner.py / config.py semantics)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clusterlab.errors import UsageError
+from clusterlab.zero.ds_config import check_config, read_config
+from clusterlab.zero.hostfile import filter_resources, parse_hostfile, read_hostfile, world_layout
+
+HOSTFILE = """\
+# two nodes, four GPUs each
+worker-0 slots=4
+
+worker-1 slots=4   # trailing text after slots=N is ignored, as in DeepSpeed
+"""
+
+
+def pool():
+    return parse_hostfile(HOSTFILE)
+
+
+def test_parse_keeps_order_and_ignores_comments():
+    assert list(pool().items()) == [("worker-0", 4), ("worker-1", 4)]
+
+
+@pytest.mark.parametrize(
+    "include, exclude, num_nodes, num_gpus, expected",
+    [
+        ("", "", -1, -1, {"worker-0": [0, 1, 2, 3], "worker-1": [0, 1, 2, 3]}),
+        ("worker-0@worker-1:0,2", "", -1, -1, {"worker-0": [0, 1, 2, 3], "worker-1": [0, 2]}),  # runner.py docstring
+        ("worker-1:2,0", "", -1, -1, {"worker-1": [0, 2]}),
+        ("worker-1@worker-0:1", "", -1, -1, {"worker-0": [1], "worker-1": [0, 1, 2, 3]}),  # hostfile order wins
+        ("", "worker-1:0", -1, -1, {"worker-0": [0, 1, 2, 3], "worker-1": [1, 2, 3]}),  # runner.py docstring
+        ("", "worker-0", -1, -1, {"worker-1": [0, 1, 2, 3]}),
+        ("", "", 1, -1, {"worker-0": [0, 1, 2, 3]}),
+        ("", "", -1, 2, {"worker-0": [0, 1], "worker-1": [0, 1]}),
+    ],
+)
+def test_filters(include, exclude, num_nodes, num_gpus, expected):
+    assert dict(filter_resources(pool(), include, exclude, num_nodes, num_gpus)) == expected
+
+
+def test_world_layout_env():
+    ranks = world_layout(filter_resources(pool(), include="worker-0:1,3@worker-1"))
+    assert [(r.host, r.rank, r.local_rank, r.cross_rank, r.local_size, r.visible_device) for r in ranks] == [
+        ("worker-0", 0, 0, 0, 2, 1), ("worker-0", 1, 1, 0, 2, 3),
+        ("worker-1", 2, 0, 1, 4, 0), ("worker-1", 3, 1, 1, 4, 1), ("worker-1", 4, 2, 1, 4, 2), ("worker-1", 5, 3, 1, 4, 3),
+    ]
+    assert ranks[3].env() == {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "6",
+                              "CROSS_RANK": "1", "CROSS_SIZE": "2", "LOCAL_SIZE": "4"}
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("worker-0 slots=4\nworker-0 slots=2\n", "listed twice"),
+        ("worker-0 slots=4\nworker-1\n", "line 2: 'worker-1' is not 'HOST slots=N'"),
+        ("worker-0 slot=4\n", "is not 'HOST slots=N'"),
+        ("worker-0 slots=four\n", "is not 'HOST slots=N'"),
+        ("# only comments\n\n", "lists no hosts"),
+        ("worker-0 slots=0\n", "at least 1 slot"),
+    ],
+)
+def test_bad_hostfiles(text, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        parse_hostfile(text)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(include="worker-0", exclude="worker-1"), "mutually exclusive"),
+        (dict(include="worker-0", num_nodes=1), "cannot be combined"),
+        (dict(include="worker-9"), "'worker-9' is not in the hostfile"),
+        (dict(include="worker-1:7"), "no slot 7 on host 'worker-1'"),
+        (dict(include="worker-1:a"), "slot 'a'"),
+        (dict(include="worker-1:"), "is not NAME or NAME:SLOT"),
+        (dict(exclude="worker-0@worker-1"), "leave no slots"),
+    ],
+)
+def test_bad_filters(kwargs, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        filter_resources(pool(), **kwargs)
+
+
+def test_hostfile_path_with_spaces_and_quotes(tmp_path):
+    d = tmp_path / "my 'odd' dir"
+    d.mkdir()
+    path = d / "host file"
+    path.write_text(HOSTFILE)
+    assert list(read_hostfile(str(path))) == ["worker-0", "worker-1"]
+    with pytest.raises(UsageError, match="cannot read hostfile"):
+        read_hostfile(str(d / "missing"))
+
+
+@pytest.mark.parametrize(
+    "cfg, world, expected",
+    [
+        ({"train_batch_size": 64, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}, 8, (64, 4, 2)),
+        ({"train_batch_size": 64, "train_micro_batch_size_per_gpu": 4}, 8, (64, 4, 2)),  # GA derived
+        ({"train_batch_size": 64, "gradient_accumulation_steps": 2}, 8, (64, 4, 2)),  # micro derived
+        ({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}, 8, (64, 4, 2)),  # global derived
+        ({"train_batch_size": 32}, 8, (32, 4, 1)),
+        ({"train_micro_batch_size_per_gpu": 3}, 4, (12, 3, 1)),
+    ],
+)
+def test_batch_rule(cfg, world, expected):
+    b = check_config(cfg, world).batch
+    assert (b["train_batch_size"], b["train_micro_batch_size_per_gpu"], b["gradient_accumulation_steps"]) == expected
+
+
+@pytest.mark.parametrize(
+    "cfg, world, fragment",
+    [
+        ({"train_batch_size": 64, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}, 12,
+         r"64 != 4 \* 2 \* 12 .*set train_batch_size to 96"),
+        ({"train_batch_size": 30, "train_micro_batch_size_per_gpu": 4}, 4, r"30 != 4 \* 1 \* 4"),  # 30 // 4 // 4 = 1
+        ({"train_batch_size": 4, "train_micro_batch_size_per_gpu": 4}, 8, "gradient_accumulation_steps=0"),
+        ({}, 8, "set train_batch_size or train_micro_batch_size_per_gpu"),
+        ({"train_batch_size": "64"}, 8, "train_batch_size='64' must be a whole number"),
+        ({"train_batch_size": 8, "zero_optimization": {"stage": 4}}, 8, "stage=4 is not a ZeRO stage"),
+        ({"train_batch_size": 8, "zero_optimization": 2}, 8, "must be an object"),
+        ([1, 2], 8, "must be a JSON object"),
+    ],
+)
+def test_bad_configs(cfg, world, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        check_config(cfg, world)
+
+
+def test_stage_keys_are_explained(tmp_path):
+    path = tmp_path / "ds config.json"
+    path.write_text(json.dumps({"train_batch_size": 8, "zero_optimization": {"stage": 1, "offload_param": {"device": "cpu"}}}))
+    text = str(read_config(str(path), 8))
+    assert "offload_param" in text and "no effect below stage 3" in text
+    path.write_text("{not json")
+    with pytest.raises(UsageError, match="is not valid JSON"):
+        read_config(str(path), 8)
