@@ -57,6 +57,8 @@ HEARTBEAT_INTERVAL = 1.0
 #: a peer silent for this long is declared lost (CLUSTERLAB_HEARTBEAT_TIMEOUT overrides)
 HEARTBEAT_TIMEOUT = float(os.environ.get("CLUSTERLAB_HEARTBEAT_TIMEOUT", "15"))
 HELLO_TIMEOUT = 5.0
+#: what a handler raises on a message with missing or mistyped fields (checked by the fault suite)
+_MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError)
 TAIL_LINES = 10
 
 
@@ -734,9 +736,21 @@ class NodeAgent:
         while self._inbox_master or self._inbox_agent:
             while self._inbox_master:
                 node, msg = self._inbox_master.popleft()
-                self._master_handle(node, msg)
+                try:
+                    self._master_handle(node, msg)
+                except _MALFORMED as exc:  # a peer passed the hello, then sent nonsense: stop, do not crash
+                    self._fail_job(f"node{node} sent a malformed {str(msg.get('t'))[:20]!r} message "
+                                   f"({type(exc).__name__}: {str(exc)[:100]}); stopping the job")
             while self._inbox_agent:
-                self._agent_handle(self._inbox_agent.popleft())
+                msg = self._inbox_agent.popleft()
+                try:
+                    self._agent_handle(msg)
+                except _MALFORMED as exc:
+                    if not self._final:
+                        self._final = True
+                        log(f"node{self.node_rank}: the master sent a malformed {str(msg.get('t'))[:20]!r} "
+                            f"message ({type(exc).__name__}: {str(exc)[:100]}); stopping this node's workers")
+                        self._after_stop(lambda: self._exit(1))
 
     # master side ------------------------------------------------------------
     def _master_handle(self, node: int, msg: dict) -> None:
@@ -751,6 +765,8 @@ class NodeAgent:
         if kind == "arrive":
             now = time.time()
             for rank, seq, name, timeout, data in msg["items"]:
+                if rank not in self.layout.ranks_on(node) or not isinstance(seq, int) or not isinstance(timeout, (int, float)):
+                    raise ValueError(f"rank {rank!r} seq {seq!r} timeout {timeout!r} is not a collective call of node{node}")
                 outcome = self.table.arrive(rank, seq, name, timeout, data, now)
                 if outcome:
                     self._dispatch(outcome)
