@@ -230,7 +230,7 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
     hosts. This process only supervises: it forwards SIGINT/SIGTERM, reaps the
     agents and returns the job's exit status.
     """
-    from .procs import set_pdeathsig
+    from .procs import describe_exit, set_pdeathsig
 
     listener = _bind_free(config.master_addr, config.master_port)
     config = replace(config, master_port=listener.getsockname()[1])
@@ -278,13 +278,17 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
         while len(codes) < len(children):
             pid, status = os.wait()
             if pid in children:
-                codes[children[pid]] = os.waitstatus_to_exitcode(status)
+                code = os.waitstatus_to_exitcode(status)
+                if code < 0:  # an agent killed by a signal: say so, and exit 128+N like a shell would
+                    log(f"the agent of node{children[pid]} was killed by {describe_exit(code)}")
+                    code = 128 - code
+                codes[children[pid]] = code
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
     if received:
         return 128 + received[0]
-    bad = [c if c >= 0 else 128 - c for c in codes.values() if c != 0]
+    bad = [c for c in codes.values() if c != 0]
     return codes.get(0) or (max(bad) if bad else 0)
 
 
