@@ -20,19 +20,6 @@ from .job import Allocation, allocate, default_job_name, plan_step
 from .sbatch import merge, new_job_id, next_step_id, read_script, run_batch
 from .srun import find_command, run_step
 
-#: srun's input environment variables (srun(1), INPUT ENVIRONMENT VARIABLES) read inside a job.
-SRUN_ENV = {
-    "SLURM_NNODES": "nodes",
-    "SLURM_NTASKS": "ntasks",
-    "SLURM_NTASKS_PER_NODE": "ntasks_per_node",
-    "SLURM_CPUS_PER_TASK": "cpus_per_task",
-    "SLURM_DISTRIBUTION": "distribution",
-    "SLURM_GPUS_PER_TASK": "gpus_per_task",
-    "SLURM_LABELIO": "label",
-    "SLURM_KILL_BAD_EXIT": "kill_on_bad_exit",
-    "SLURM_WAIT": "wait",
-}
-
 SRUN_USAGE = """usage: clusterlab srun [OPTIONS] COMMAND [ARGS...]
 
 Run COMMAND as the tasks of a Slurm job step, each a local process that sees the
@@ -81,7 +68,11 @@ def _cmd_scontrol(args) -> int:
         print(hosts.compress(hosts.expand(expression)))
         return 0
     names = hosts.expand(expression)
-    print("\n".join(names))
+    try:
+        sys.stdout.write("".join(f"{n}\n" for n in names))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head -n 1` stopped reading, as intended: exit quietly like scontrol
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -101,7 +92,7 @@ def _cmd_srun(args) -> int:
     job_dir = _inside_job()
     if job_dir:  # a step of the running job: inherit the job's SLURM_* as input options
         alloc = Allocation.load(os.path.join(job_dir, "allocation.json"))
-        values = {**options.from_env(os.environ, SRUN_ENV), **values}
+        values = {**options.from_env(os.environ, options.SRUN_ENV), **values}
         base = dict(os.environ)
     else:  # srun outside a job creates the allocation itself (job name: the command's)
         alloc = allocate(values, new_job_id(), os.getcwd(), default_job_name(command))
@@ -150,13 +141,13 @@ def _cmd_sbatch(args) -> int:
         raise UsageError("sbatch: no batch script given; write e.g. `clusterlab sbatch job.sbatch`")
     script = read_script(rest[0])
     values = merge(script, os.environ, cli_values)
+    alloc = allocate(values, new_job_id(), os.path.abspath(os.getcwd()), os.path.basename(script.path))
     if mode == "lint":
         from .lint import lint, render
 
-        findings = lint(script, values)
+        findings = lint(script, values, alloc)
         print(render(findings, script.path))
         return 1 if findings else 0
-    alloc = allocate(values, new_job_id(), os.path.abspath(os.getcwd()), os.path.basename(script.path))
     if mode == "explain":
         from .explain import explain
 

@@ -83,6 +83,20 @@ SBATCH_ENV = {
 }
 
 
+#: srun's input environment variables (srun(1), INPUT ENVIRONMENT VARIABLES) read inside a job.
+SRUN_ENV = {
+    "SLURM_NNODES": "nodes",
+    "SLURM_NTASKS": "ntasks",
+    "SLURM_NTASKS_PER_NODE": "ntasks_per_node",
+    "SLURM_CPUS_PER_TASK": "cpus_per_task",
+    "SLURM_DISTRIBUTION": "distribution",
+    "SLURM_GPUS_PER_TASK": "gpus_per_task",
+    "SLURM_LABELIO": "label",
+    "SLURM_KILL_BAD_EXIT": "kill_on_bad_exit",
+    "SLURM_WAIT": "wait",
+}
+
+
 @dataclass(frozen=True)
 class Value:
     """An option's value and where it came from (``"command line"``, ``"SBATCH_JOB_NAME"``, ``"line 3"``)."""

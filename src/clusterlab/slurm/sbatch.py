@@ -15,7 +15,9 @@ text after a ``#`` that follows a space is a comment.
 job directory as ``slurm_script`` (so ``$0`` is *not* your file, as on a real
 cluster), started in ``--chdir`` or the submission directory with the batch
 environment (:func:`~clusterlab.slurm.environ.batch_env`) and a ``bin``
-directory first on ``PATH`` whose ``srun`` and ``scontrol`` are clusterlab's.
+directory first on ``PATH`` whose ``srun`` and ``scontrol`` are clusterlab's
+(plus ``clusterlab`` and ``python``: the lab's interpreter, as if its virtual
+environment were activated on every node).
 Each ``srun`` in the script takes the next step id from a counter file in the
 job directory. Unlike real sbatch, this one waits for the job (``sbatch
 --wait``), its exit status is the script's, and output goes to the terminal
@@ -134,11 +136,14 @@ def make_job_dir(alloc: Allocation) -> str:
     alloc.save(os.path.join(job_dir, "allocation.json"))
     bin_dir = os.path.join(job_dir, "bin")
     os.mkdir(bin_dir)
-    for command in ("srun", "scontrol"):
-        shim = os.path.join(bin_dir, command)
+    python = shlex.quote(sys.executable)
+    shims = {name: f"exec {python} -m clusterlab {name} \"$@\"" for name in ("srun", "scontrol")}
+    shims["clusterlab"] = f"exec {python} -m clusterlab \"$@\""
+    shims["python"] = shims["python3"] = f"exec {python} \"$@\""
+    for name, line in shims.items():
+        shim = os.path.join(bin_dir, name)
         with open(shim, "w") as f:
-            f.write(f"#!/bin/sh\n# clusterlab's {command} for simulated job {alloc.job_id}\n"
-                    f"exec {shlex.quote(sys.executable)} -m clusterlab {command} \"$@\"\n")
+            f.write(f"#!/bin/sh\n# clusterlab's {name} for simulated job {alloc.job_id}\n{line}\n")
         os.chmod(shim, 0o755)
     return job_dir
 
