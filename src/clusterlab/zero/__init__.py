@@ -9,6 +9,7 @@ One concept per module:
 * :mod:`~clusterlab.zero.transport` - the wire those rings run over (TCP on 127.0.0.1);
 * :mod:`~clusterlab.zero.simulate` - a rank of a small mixed-precision model trained with ZeRO-0/1/2/3;
 * :mod:`~clusterlab.zero.worker` - the script ``clusterlab zero simulate`` launches on every rank;
+* :mod:`~clusterlab.zero.launch` - starts those ranks under the core launcher and checks their reports;
 * :mod:`~clusterlab.zero.hostfile` - DeepSpeed hostfiles and ``--include``/``--exclude``;
 * :mod:`~clusterlab.zero.ds_config` - the batch-size rule of ``ds_config.json`` and the stage keys;
 * :mod:`~clusterlab.zero.cli` - ``clusterlab zero estimate|comm|simulate|hostfile|config``.
