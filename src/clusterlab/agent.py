@@ -193,6 +193,7 @@ class NodeAgent:
         self._stopped_nodes: set[int] = set()
         self._ending = False  # master: a stop or finish was broadcast
         self._root_cause: dict | None = None
+        self._foreign: set[int] = set()
 
     # ------------------------------------------------------------------ loop plumbing
     def _watch(self, fd: int, event: int, on: bool, handler=None) -> None:
@@ -246,6 +247,10 @@ class NodeAgent:
     def run(self) -> int:
         """Run this node to the end; return the exit status for the process."""
         self._install_signals()
+        # Orphans of our workers (a grandchild that called setsid()) come back to us, so the sweeps in
+        # _check_idle/_shutdown find them; children this process had before (an in-process launch) are spared.
+        self._foreign = {p.pid for p in procs.descendants([os.getpid()])}
+        procs.set_subreaper(True)
         try:
             if not self._rendezvous():
                 return self.exit_code if self.exit_code is not None else 1
@@ -664,6 +669,7 @@ class NodeAgent:
         if self._family:
             procs.kill_all(self._family)
             self._family = []
+        procs.sweep(self._foreign)
         self._kill_at = float("inf")
         callbacks, self._when_idle = self._when_idle, []
         for cb in callbacks:
@@ -912,6 +918,8 @@ class NodeAgent:
                 self._drain_output(w)
         if self._family:
             procs.kill_all(self._family)
+        procs.sweep(self._foreign)  # also after a clean finish: nothing a worker started outlives the job
+        procs.set_subreaper(False)
         links = list(self.peers.values()) + ([self.master] if self.master else [])
         deadline = time.monotonic() + 2.0
         for peer in links:

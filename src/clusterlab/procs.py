@@ -20,6 +20,7 @@ import sys
 import time
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _libc = None
 
 
@@ -33,6 +34,46 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
 
         _libc = ctypes.CDLL(None, use_errno=True)
     _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def set_subreaper(on: bool = True) -> None:
+    """Adopt orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``; no-op elsewhere).
+
+    A worker's child that calls ``setsid()`` leaves the worker's process group, and
+    once the worker exits it is re-parented to init, out of reach of any signal to
+    the group or of a walk from the worker's pid. With this set, it is re-parented
+    to the agent instead, so :func:`sweep` still finds it.
+    """
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+
+
+def sweep(keep: set[int]) -> None:
+    """SIGKILL every descendant of this process except the children in ``keep`` (and theirs); reap them."""
+    import psutil
+
+    try:
+        roots = [c for c in psutil.Process().children() if c.pid not in keep]
+        found = roots + [d for r in roots for d in _descendants_of(r)]
+    except psutil.Error:
+        return
+    kill_all(found)
+    psutil.wait_procs(roots, timeout=1.0)  # our own children: reap them, leave no zombie
+
+
+def _descendants_of(proc) -> list:
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def _child_setup(parent: int) -> None:

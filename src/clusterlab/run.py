@@ -230,7 +230,7 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
     hosts. This process only supervises: it forwards SIGINT/SIGTERM, reaps the
     agents and returns the job's exit status.
     """
-    from .procs import describe_exit, set_pdeathsig
+    from .procs import descendants, describe_exit, set_pdeathsig, set_subreaper, sweep
 
     listener = _bind_free(config.master_addr, config.master_port)
     config = replace(config, master_port=listener.getsockname()[1])
@@ -239,12 +239,19 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     children: dict[int, int] = {}
+    # If an agent is SIGKILLed, its workers die with it (PR_SET_PDEATHSIG) but their setsid()
+    # grandchildren would be re-parented to init: adopt them here and sweep them at the end.
+    foreign = {p.pid for p in descendants([os.getpid()])}
+    set_subreaper(True)
+    supervisor = os.getpid()
     for node in range(config.layout.nnodes):
         pid = os.fork()
         if pid == 0:  # the agent of simulated node `node`
             code = 1
             try:
                 set_pdeathsig(signal.SIGKILL)
+                if os.getppid() != supervisor:  # the supervisor died before prctl took effect
+                    os._exit(1)
                 if node:
                     listener.close()
                 agent = NodeAgent(config, node, hostname=f"node{node}", listener=listener if node == 0 else None,
@@ -286,6 +293,8 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+        sweep(foreign)
+        set_subreaper(False)
     if received:
         return 128 + received[0]
     bad = [c for c in codes.values() if c != 0]
