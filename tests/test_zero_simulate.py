@@ -97,3 +97,11 @@ def test_cli_start_up_does_not_import_numpy():
     code = "import sys, clusterlab.cli as c; c.get_args_parser(); print('numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_job_that_overruns_its_timeout_is_stopped_with_everything_it_started():
+    from clusterlab.zero.launch import SimulationFailed
+
+    with pytest.raises(SimulationFailed, match="did not finish within 0.5s"):
+        launch(SimConfig(stage=3, steps=200), 2, 4, timeout=0.5)
+    # the autouse fixture fails this test if any launcher, agent or worker is still alive
