@@ -1,0 +1,158 @@
+"""clusterlab srun / sbatch / scontrol end to end: real processes, real pipes, Slurm's exit statuses.
+
+Every run has a timeout; the autouse fixture in conftest.py fails a test that leaves a process behind.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "slurm"
+
+
+def clusterlab(*args, cwd=ROOT, env=None, timeout=60):
+    return subprocess.run([sys.executable, "-m", "clusterlab", *args], cwd=cwd, env=env or os.environ.copy(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_srun_block_layout_with_labels():
+    r = clusterlab("srun", "-N4", "-n10", "-l", "bash", "-c", "echo $SLURMD_NODENAME $SLURM_LOCALID")
+    assert r.returncode == 0, r.stderr
+    got = sorted(r.stdout.splitlines(), key=lambda line: int(line.split(":")[0]))
+    assert got == ["0: node001 0", "1: node001 1", "2: node001 2", "3: node002 0", "4: node002 1",
+                   "5: node002 2", "6: node003 0", "7: node003 1", "8: node004 0", "9: node004 1"]
+
+
+def test_srun_cyclic_layout():
+    r = clusterlab("srun", "-N4", "-n10", "-m", "cyclic", "-l", "printenv", "SLURM_NODEID")
+    nodes = dict(line.split(": ") for line in r.stdout.splitlines())
+    assert [nodes[str(t)] for t in range(10)] == ["0", "1", "2", "3"] * 2 + ["0", "1"]
+
+
+def test_label_width_follows_the_largest_task_id():
+    r = clusterlab("srun", "-n11", "-l", "echo", "x")
+    assert " 0: x" in r.stdout.splitlines() and "10: x" in r.stdout.splitlines()
+
+
+def test_exit_status_is_the_highest_exit_code():
+    r = clusterlab("srun", "-n3", "bash", "-c", "exit $SLURM_PROCID")
+    assert r.returncode == 2
+    assert "srun: error: node001: task 2: Exited with exit code 2" in r.stderr
+
+
+def test_exit_status_is_128_plus_signal():
+    r = clusterlab("srun", "-n2", "bash", "-c", "[ $SLURM_PROCID = 1 ] && kill -9 $$; exit 3")
+    assert r.returncode == 128 + 9
+    assert "task 1: Killed" in r.stderr
+
+
+def test_kill_on_bad_exit_stops_the_step():
+    r = clusterlab("srun", "-n3", "-K", "bash", "-c", "[ $SLURM_PROCID = 1 ] && exit 3; exec sleep 60", timeout=30)
+    assert "task 1: Exited with exit code 3" in r.stderr and "Terminating StepId=" in r.stderr
+    assert r.returncode == 128 + 15  # the others were stopped by SIGTERM, and a signal outranks exit codes
+
+
+def test_without_kill_on_bad_exit_the_others_finish():
+    r = clusterlab("srun", "-n2", "bash", "-c", "[ $SLURM_PROCID = 0 ] && exit 3; echo done")
+    assert r.returncode == 3 and "done" in r.stdout
+
+
+def test_wait_stops_the_rest_after_the_first_exit():
+    r = clusterlab("srun", "-n2", "-W", "1", "bash", "-c", "[ $SLURM_PROCID = 0 ] && exit 0; exec sleep 60",
+                   timeout=30)
+    assert "First task exited 1s ago" in r.stderr and r.returncode == 128 + 15
+
+
+def test_background_children_do_not_outlive_the_step(tmp_path):
+    pidfile = tmp_path / "pid"
+    r = clusterlab("srun", "-n1", "bash", "-c", f"setsid sleep 60 & echo $! > {pidfile}")
+    assert r.returncode == 0
+    pid = int(pidfile.read_text())
+    import psutil
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_scontrol_show_hostnames_keeps_order():
+    r = clusterlab("scontrol", "show", "hostnames", "node[003-004],gpu1,node001")
+    assert r.stdout.split() == ["node003", "node004", "gpu1", "node001"]
+
+
+BAD = [
+    (["srun", "--bogus", "touch", "MARK"], "unrecognized option '--bogus'"),
+    (["srun", "-N2", "-n10", "--ntasks-per-node=4", "touch", "MARK"], "cannot fit on --nodes=2"),
+    (["srun", "-m", "plane=0", "touch", "MARK"], "plane size"),
+    (["srun", "-w", "node[001-", "touch", "MARK"], "hostlist 'node[001-' is malformed"),
+    (["srun", "-N", "0", "touch", "MARK"], "-N=0 is not a node count"),
+    (["srun", "-n", "abc", "touch", "MARK"], "-n='abc' is not a whole number"),
+    (["srun", "-c", "100", "touch", "MARK"], "would need 100 CPUs"),
+    (["srun", "--gpus-per-node=16", "touch", "MARK"], "16 GPUs"),
+    (["srun", "-n2", "no-such-command-xyz"], "not found on PATH"),
+    (["srun"], "no command given"),
+    (["sbatch", "no-such-script.sbatch"], "not found"),
+    (["sbatch", "--nodes=2", "--ntasks=10", "--ntasks-per-node=2", "SCRIPT"], "cannot fit"),
+    (["sbatch", "BADSCRIPT"], "line 2: sbatch: unrecognized option '--frobnicate'"),
+    (["scontrol", "show", "hostnames", "n[1-"], "malformed"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a)[:40] for a, _ in BAD])
+def test_bad_input_one_line_exit_2_nothing_launched(tmp_path, argv, message):
+    (tmp_path / "SCRIPT").write_text("#!/bin/bash\ntouch MARK\n")
+    (tmp_path / "BADSCRIPT").write_text("#!/bin/bash\n#SBATCH --frobnicate=1\ntouch MARK\n")
+    r = clusterlab(*argv, cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0], r.stderr
+    assert not (tmp_path / "MARK").exists()
+
+
+def test_sbatch_step_ids_count_up_even_in_parallel(tmp_path):
+    script = tmp_path / "steps.sbatch"
+    script.write_text("#!/bin/bash\n#SBATCH -N2\nfor i in 1 2 3; do srun -n1 printenv SLURM_STEP_ID; done\n"
+                      "srun -n1 printenv SLURM_STEP_ID & srun -n1 printenv SLURM_STEP_ID & wait\n")
+    r = clusterlab("sbatch", str(script), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ids = [line for line in r.stdout.splitlines() if line.isdigit()]
+    assert ids[:3] == ["0", "1", "2"] and sorted(ids[3:]) == ["3", "4"]
+
+
+def test_sbatch_output_file_and_batch_environment(tmp_path):
+    script = tmp_path / "job.sbatch"
+    script.write_text("#!/bin/bash\n#SBATCH --job-name=envcheck -N 2\n#SBATCH -o out-%x-%j.log\n"
+                      "echo $SLURMD_NODENAME $SLURM_PROCID $SLURM_JOB_NODELIST $0\n")
+    r = clusterlab("sbatch", str(script), cwd=tmp_path)
+    job = re.search(r"Submitted batch job (\d+)", r.stdout).group(1)
+    text = (tmp_path / f"out-envcheck-{job}.log").read_text().split()
+    assert text[:3] == ["node001", "0", "node[001-002]"] and text[3].endswith("slurm_script")
+
+
+def test_pattern_b_one_task_per_gpu_end_to_end():
+    r = clusterlab("sbatch", str(EXAMPLES / "task_per_gpu.sbatch"))
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if " rank " in line]
+    seen = {}
+    for line in lines:
+        m = re.match(r"(node\d+): rank (\d)/4 local_rank (\d) node (\d)/2 .*-> cuda:(\d)", line)
+        seen[int(m.group(2))] = (m.group(1), int(m.group(3)), int(m.group(4)), int(m.group(5)))
+    assert seen == {0: ("node001", 0, 0, 0), 1: ("node001", 1, 0, 1),
+                    2: ("node002", 0, 1, 0), 3: ("node002", 1, 1, 1)}
+
+
+def _launcher_resolves_simulated_hosts() -> bool:
+    src = ROOT / "src" / "clusterlab"
+    return any("resolve_simulated" in p.read_text() for p in (src / "agent.py", src / "run.py") if p.exists())
+
+
+@pytest.mark.skipif(not _launcher_resolves_simulated_hosts(),
+                    reason="clusterlab launch does not map simulated node names to 127.0.0.1 yet")
+def test_pattern_a_one_launcher_per_node_end_to_end():
+    r = clusterlab("sbatch", str(EXAMPLES / "torchrun_per_node.sbatch"), timeout=90)
+    assert r.returncode == 0, r.stderr
+    ranks = sorted(int(m.group(1)) for m in re.finditer(r"rank (\d)/4", r.stdout))
+    assert ranks == [0, 1, 2, 3]
