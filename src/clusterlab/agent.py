@@ -51,7 +51,7 @@ from .env import worker_env
 from .errors import UsageError
 from .layout import ClusterLayout
 from .output import LineBuffer, StreamPump, prefix
-from .wire import PROTOCOL_VERSION, FrameDecoder, ProtocolError, encode
+from .wire import MAX_FRAME, PROTOCOL_VERSION, FrameDecoder, ProtocolError, encode
 
 HEARTBEAT_INTERVAL = 1.0
 #: a peer silent for this long is declared lost (CLUSTERLAB_HEARTBEAT_TIMEOUT overrides)
@@ -60,6 +60,8 @@ HELLO_TIMEOUT = 5.0
 #: what a handler raises on a message with missing or mistyped fields (checked by the fault suite)
 _MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError)
 TAIL_LINES = 10
+#: the largest collective request one rank may send (an 'arrive' frame carries at most two)
+_MAX_ARRIVAL = MAX_FRAME // 2 - 4096
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ class NodeAgent:
         self.attempt = 0
         self.exit_code: int | None = None
         self._arrivals: list = []
+        self._arrival_bytes = 0
         self._stopping = False
         self._kill_at = float("inf")
         self._family: list = []
@@ -604,16 +607,26 @@ class NodeAgent:
             try:
                 req = json.loads(line)
                 seq, name, timeout = int(req["seq"]), str(req["name"]), float(req["timeout"])
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 log(f"node{self.node_rank}: rank {w.rank} sent a malformed collective request; ignoring it")
                 continue
             w.waiting = seq
+            if len(line) > _MAX_ARRIVAL:  # it could never cross to the master in one frame: refuse it here
+                w.waiting = None
+                w.reply.send(json.dumps({"seq": seq, "error": (
+                    f"the data of collective call #{seq} is {len(line)} bytes as JSON, over the "
+                    f"{_MAX_ARRIVAL}-byte limit of one rank's share; gather less data per call")}).encode() + b"\n")
+                continue
+            if self._arrival_bytes + len(line) > _MAX_ARRIVAL:
+                self._flush_arrivals()  # keep every 'arrive' frame under MAX_FRAME
+            self._arrival_bytes += len(line)
             self._arrivals.append([w.rank, seq, name, timeout, req.get("data")])
 
     def _flush_arrivals(self) -> None:
         if self._arrivals and not self._stopping:
             self._to_master({"t": "arrive", "attempt": self.attempt, "items": self._arrivals})
         self._arrivals = []
+        self._arrival_bytes = 0
 
     def _on_exit(self, w: _Worker) -> None:
         if w.returncode is not None:
@@ -789,6 +802,12 @@ class NodeAgent:
                 self._broadcast({"t": "start", "attempt": self.attempt})
 
     def _dispatch(self, outcome: Outcome) -> None:
+        if outcome.error is None and self.layout.nnodes > 1:
+            size = len(json.dumps(outcome.data, separators=(",", ":")))
+            if size > MAX_FRAME - 4096:  # the result frame could not be sent: fail the call, not the agent
+                outcome = Outcome(outcome.seq, outcome.ranks, error=(
+                    f"the result of collective call #{outcome.seq} is {size} bytes as JSON, over the "
+                    f"{MAX_FRAME}-byte frame limit between agents; gather less data per call"))
         msg = {"t": "result", "attempt": self.attempt, "seq": outcome.seq}
         if outcome.error is not None:
             msg["error"] = outcome.error
