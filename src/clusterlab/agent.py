@@ -32,7 +32,9 @@ a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import select
@@ -86,9 +88,44 @@ class AgentConfig:
 def log(message: str) -> None:
     """The launcher's own voice: one ``[clusterlab]`` line on stderr."""
     try:
-        os.write(2, f"[clusterlab] {message}\n".encode())
+        with _console_lock(2):
+            os.write(2, f"[clusterlab] {message}\n".encode())
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def _console_lock(fd: int):
+    """Hold a POSIX lock on the console (a pipe, tty or file) while writing whole lines to it.
+
+    A write of at most PIPE_BUF (4096) bytes to a pipe is atomic, a longer one is
+    not: when the agents of a simulated cluster share one terminal or pipe, a 20 KB
+    line from node0 could be cut in half by node1's lines. ``lockf`` works on pipes
+    and ttys and is per process, so agents that share the console take turns. If
+    the console cannot be locked, write anyway.
+    """
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+
+
+class _ConsolePump(StreamPump):
+    """A :class:`StreamPump` whose console writes hold :func:`_console_lock`."""
+
+    def _emit(self, lines: list[bytes]) -> None:
+        if self.console_fd is None or not lines:
+            return super()._emit(lines)
+        with _console_lock(self.console_fd):
+            super()._emit(lines)
 
 
 class _Outbox:
@@ -540,7 +577,7 @@ class NodeAgent:
                     d = os.path.join(cfg.log_dir, f"attempt_{self.attempt}", f"node{self.node_rank}", str(local_rank))
                     os.makedirs(d, exist_ok=True)
                     log_path = os.path.join(d, f"{stream}.log")
-                pumps[stream] = StreamPump(prefix(self.node_rank, rank, local_rank), console if shown else None,
+                pumps[stream] = _ConsolePump(prefix(self.node_rank, rank, local_rank), console if shown else None,
                                            log_path, tail=TAIL_LINES if stream == "stderr" else 0)
                 os.set_blocking(pipe.fileno(), False)
             try:
