@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import UsageError
 from . import hosts
-from .layout import DEFAULT, Distribution, TaskLayout, compress_counts, count_tasks, step_layout
+from .layout import Distribution, TaskLayout, compress_counts, count_tasks, step_layout
 from .options import Value
 
 

@@ -30,7 +30,6 @@ import os
 import selectors
 import shutil
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 
