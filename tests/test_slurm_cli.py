@@ -144,13 +144,6 @@ def test_pattern_b_one_task_per_gpu_end_to_end():
                     2: ("node002", 0, 1, 0), 3: ("node002", 1, 1, 1)}
 
 
-def _launcher_resolves_simulated_hosts() -> bool:
-    src = ROOT / "src" / "clusterlab"
-    return any("resolve_simulated" in p.read_text() for p in (src / "agent.py", src / "run.py") if p.exists())
-
-
-@pytest.mark.skipif(not _launcher_resolves_simulated_hosts(),
-                    reason="clusterlab launch does not map simulated node names to 127.0.0.1 yet")
 def test_pattern_a_one_launcher_per_node_end_to_end():
     r = clusterlab("sbatch", str(EXAMPLES / "torchrun_per_node.sbatch"), timeout=90)
     assert r.returncode == 0, r.stderr

@@ -168,8 +168,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         raise UsageError(f"--max-restarts={args.max_restarts} must be 0 or more")
     if not args.rdzv_timeout > 0:
         raise UsageError(f"--rdzv-timeout={args.rdzv_timeout} must be a positive number of seconds")
-    if args.term_timeout < 0:
-        raise UsageError(f"--term-timeout={args.term_timeout} must be 0 or more seconds")
+    if not 0 <= args.term_timeout < float("inf"):  # nan would mean: never SIGKILL a worker that ignores SIGTERM
+        raise UsageError(f"--term-timeout={args.term_timeout} must be 0 or more seconds (a finite number)")
+    try:
+        args.master_addr.encode("idna")  # what socket.getaddrinfo does; it raises UnicodeError, not gaierror
+    except UnicodeError:
+        raise UsageError(f"--master-addr={args.master_addr!r} is not a valid host name; use an address "
+                         "such as 127.0.0.1 or a name whose parts have at most 63 characters") from None
     redirected = _streams(args.redirects, "--redirects")
     _streams(args.tee, "--tee")
     if redirected and not args.log_dir:
@@ -196,8 +201,15 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         if not os.path.exists(args.script):
             raise UsageError(f"script {args.script!r} does not exist (looked in {os.getcwd()}); give the path to the worker script, or -m for a module")
         argv = [sys.executable, "-u", args.script, *script_args]
+    master_addr = args.master_addr
+    if os.environ.get("CLUSTERLAB_SIMULATED_HOSTS") == "1":
+        # Inside `clusterlab sbatch`/`srun` every simulated node (node001, ...) is this machine; their
+        # names resolve nowhere, so the agents and torch's TCPStore meet on 127.0.0.1 instead.
+        from .slurm.hosts import resolve_simulated
+
+        master_addr = resolve_simulated(master_addr)
     return AgentConfig(
-        layout=layout, argv=tuple(argv), master_addr=args.master_addr, master_port=args.master_port,
+        layout=layout, argv=tuple(argv), master_addr=master_addr, master_port=args.master_port,
         run_id=args.rdzv_id, role=args.role, max_restarts=args.max_restarts, rdzv_timeout=args.rdzv_timeout,
         log_dir=args.log_dir, console_streams=frozenset({"stdout", "stderr"}) - redirected,
         local_ranks_filter=ranks_filter, barrier_trace=args.barrier_trace, term_timeout=args.term_timeout,
