@@ -231,7 +231,9 @@ def launch(config: AgentConfig, node_rank: int) -> int:
     if node_rank == 0 and config.master_port == 0:
         listener = _bind_free(config.master_addr, 0)
         config = replace(config, master_port=listener.getsockname()[1])
-    return NodeAgent(config, node_rank, listener=listener).run()
+    # Under (simulated) Slurm, name the node as Slurm does, so summaries say node002, not this host.
+    hostname = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    return NodeAgent(config, node_rank, hostname=hostname, listener=listener).run()
 
 
 def simulate(config: AgentConfig, quiet: bool = False) -> int:
