@@ -23,8 +23,15 @@ COMMAND_MODULES = (
     "clusterlab.zero.cli",
 )
 
+# Where the core subcommands live. `clusterlab simulate ...` then imports only
+# clusterlab.run, not every feature module: the launcher's start-up is on the
+# critical path of every job (see docs/performance.md). Any other word, and
+# `clusterlab --help`, build the whole parser.
+_HOME = {"launch": "clusterlab.run", "simulate": "clusterlab.run", "env": "clusterlab.env"}
 
-def get_args_parser() -> argparse.ArgumentParser:
+
+def get_args_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``argv`` whose first word is a core subcommand, only that module's part."""
     parser = argparse.ArgumentParser(
         prog="clusterlab",
         description="Multi-Node Distributed Training Simulation (LOCAL): launch, inspect and "
@@ -32,7 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    home = _HOME.get(argv[0]) if argv else None
+    for name in (home,) if home else COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:  # a feature module not written yet
@@ -44,7 +52,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = get_args_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = get_args_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
