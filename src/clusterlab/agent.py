@@ -297,7 +297,9 @@ class NodeAgent:
             self._start_workers()
             while self.exit_code is None:
                 self._step()
-            return self.exit_code
+            # An agent that was interrupted says so in its status, even if the signal came while a
+            # failure was already being torn down (the job's own code would otherwise win).
+            return 128 + self._signal if self._signal is not None else self.exit_code
         finally:
             self._shutdown()
 
@@ -454,6 +456,7 @@ class NodeAgent:
             drop(pending[fd][0], None)
         for peer in self.peers.values():
             peer.send({"t": "welcome", "hosts": self.hosts})
+            peer.last_seen = time.monotonic()  # no heartbeats flow during rendezvous: the clock starts now
         return True
 
     def _check_hello(self, msg: dict) -> str | None:
@@ -525,7 +528,9 @@ class NodeAgent:
         while not welcome:
             if self._signal is not None or time.monotonic() >= deadline:
                 self.exit_code = 128 + self._signal if self._signal else 1
-                log(f"node{self.node_rank}: gave up waiting for the other nodes to join at {addr}:{port}")
+                log(f"node{self.node_rank}: interrupted by {signal.Signals(self._signal).name} during rendezvous"
+                    if self._signal else
+                    f"node{self.node_rank}: gave up waiting for the other nodes to join at {addr}:{port}")
                 return False
             self._poll(min(deadline - time.monotonic(), 0.5))
         first = welcome.pop(0)
@@ -534,6 +539,7 @@ class NodeAgent:
             self.exit_code = 1
             return False
         self.hosts = list(first["hosts"])
+        self.master.last_seen = time.monotonic()  # the wait for the last node to join is not silence
         self._watch(fd, selectors.EVENT_READ, True, lambda: self._read_peer(self.master))
         for msg in welcome:
             self._inbox_agent.append(msg)
@@ -548,6 +554,9 @@ class NodeAgent:
             base["CLUSTERLAB_TRACE"] = os.path.abspath(cfg.barrier_trace)
         base["CLUSTERLAB_NODE_NAME"] = self.hostname
         for local_rank in range(self.layout.nproc_per_node):
+            # Starting hundreds of workers on 2 cores can keep this loop busy for longer than
+            # HEARTBEAT_TIMEOUT (64 x 8 ranks: 10-40 s): keep telling the other agents we are alive.
+            self._heartbeats(time.monotonic(), check=False)
             rank = self.layout.global_rank(self.node_rank, local_rank)
             env = dict(base)
             env.update(worker_env(
@@ -951,7 +960,8 @@ class NodeAgent:
             self.exit_code = code
 
     # ------------------------------------------------------------------ heartbeats and shutdown
-    def _heartbeats(self, now: float) -> None:
+    def _heartbeats(self, now: float, check: bool = True) -> None:
+        """Send a heartbeat on every link when one is due; with ``check``, declare silent peers lost."""
         if now < self._next_heartbeat:
             return
         self._next_heartbeat = now + HEARTBEAT_INTERVAL
@@ -959,7 +969,7 @@ class NodeAgent:
         for peer in links:
             if peer.closed:
                 continue
-            if now - peer.last_seen > HEARTBEAT_TIMEOUT:
+            if check and now - peer.last_seen > HEARTBEAT_TIMEOUT:
                 self._lost(peer)
             else:
                 peer.send({"t": "hb"})
