@@ -23,7 +23,7 @@ build: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m pip install -q -e '.[bench,torch]'
 	$(BIN)/python bench/run.py
 
 clean:
