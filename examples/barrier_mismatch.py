@@ -17,5 +17,5 @@ name = "eval" if me.rank == 3 else "train"
 try:
     clusterlab.barrier(name=name, timeout=10.0)
 except BarrierError as exc:
-    sys.exit(f"rank {me.rank}: {exc}")
+    sys.exit(str(exc))  # the message already names this rank
 print(f"passed barrier {name!r}")

@@ -136,6 +136,9 @@ def test_failures_page_shows_the_crash_summary_and_a_restart(built):
 def test_real_cluster_page_runs_the_same_worker_under_clusterlab_and_torchrun(built):
     text = built.text("real-cluster")
     assert f"{tag(3, 2)} I am rank 3/4" in text
+    for rank in range(4):  # clusterlab srun --label: the task id (SLURM_PROCID) is the rank
+        node, local = divmod(rank, 2)
+        assert f"{rank}: I am rank {rank}/4 node {node}/2 local {local}/2" in text
     if importlib.util.find_spec("torch"):
         assert "(from torchrun)" in text and "all_reduce(rank) = 1 (expected 1)" in text
     else:

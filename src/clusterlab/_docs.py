@@ -64,6 +64,11 @@ class Run:
     seconds: float
 
     @property
+    def command_line(self) -> str:
+        """``$ command``, broken over lines that fit the page."""
+        return f"$ {_wrap(self.shown)}"
+
+    @property
     def lines(self) -> list[str]:
         return self.output.splitlines()
 
@@ -82,10 +87,32 @@ class Run:
     def block(self, title: str | None = None) -> str:
         head = f'````text title="{title}"' if title else "````text"
         status = f"\n[exit status {self.returncode}]" if self.returncode else ""
-        return f"{head}\n$ {self.shown}\n{self.output.rstrip()}{status}\n````\n"
+        return f"{head}\n{self.command_line}\n{self.output.rstrip()}{status}\n````\n"
 
     def __str__(self) -> str:
         return self.block()
+
+
+def _wrap(shown: str, width: int = 78) -> str:
+    """Break a long command line the way a person would: at flags, with ``\\`` continuations."""
+    if len(shown) <= width:
+        return shown
+    words = shlex.split(shown)
+    units: list[str] = []  # a flag stays on the same line as its value
+    for word in words:
+        if units and units[-1].startswith("-") and " " not in units[-1] and not word.startswith("-"):
+            units[-1] += " " + shlex.quote(word)
+        else:
+            units.append(shlex.quote(word))
+    lines, line = [], ""
+    for unit in units:
+        if line and len(line) + 1 + len(unit) > width - 2:
+            lines.append(line)
+            line = "    " + unit
+        else:
+            line = f"{line} {unit}" if line else unit
+    lines.append(line)
+    return " \\\n".join(lines)
 
 
 def free_port() -> int:
@@ -114,6 +141,8 @@ def scratch(name: str) -> Iterator[Path]:
 def _env(extra: dict[str, str] | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}
     env["PYTHONUNBUFFERED"] = "1"
+    # "python" inside a command (srun's tasks, a batch script) means this build's Python too.
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
     env.update(extra or {})
     return env
 
