@@ -244,7 +244,9 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
     hosts. This process only supervises: it forwards SIGINT/SIGTERM, reaps the
     agents and returns the job's exit status.
     """
-    from .procs import descendants, describe_exit, set_pdeathsig, set_subreaper, sweep
+    from .procs import descendants, describe_exit, set_pdeathsig, set_subreaper, setpriv_prefix, sweep
+
+    setpriv_prefix()  # probe once here, not once in each forked agent
 
     listener = _bind_free(config.master_addr, config.master_port)
     config = replace(config, master_port=listener.getsockname()[1])
