@@ -21,7 +21,8 @@ print(
     f"world_size={view.world_size} master={view.master_addr}:{view.master_port}"
 )
 # The formula every launcher uses; check it against what the launcher gave us.
-assert view.rank == view.node_rank * view.local_world_size + view.local_rank
+if view.rank != view.node_rank * view.local_world_size + view.local_rank:
+    raise SystemExit(f"rank {view.rank} != {view.node_rank} * {view.local_world_size} + {view.local_rank}")
 
 clusterlab.barrier("hello")
 if view.rank == 0:

@@ -72,7 +72,9 @@ def test_read_env_understands_a_cyclic_task():
     alloc = allocate(request("-N2", "-n4", "-m", "cyclic"), 1234, "/", "x")
     view = read_env(task_env(plan_step(alloc, request("-n4", "-m", "cyclic"), 0), 1))
     assert (view.rank, view.local_rank, view.node_rank, view.world_size, view.nnodes) == (1, 0, 1, 4, 2)
-    assert view.master_addr == "node001" and view.master_port == 15000 + 1234
+    # the first host of the node list, node001, is a simulated node: it is this machine
+    assert view.master_addr == "127.0.0.1" and view.master_port == 15000 + 1234
+    assert view.sources["master_addr"] == "first host of SLURM_JOB_NODELIST (a simulated node: this machine)"
 
 
 SCRIPT = """#!/bin/bash

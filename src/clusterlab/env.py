@@ -6,16 +6,16 @@ clusterlab gives its workers); :func:`read_env` reads a worker's
 :class:`RankView` back from whichever launcher started it, through one table per
 launcher:
 
-=================  ====================  =====================  ==================  ======================
-fact               torchrun / clusterlab  Slurm (srun)           OpenMPI (mpirun)    DeepSpeed (deepspeed)
-=================  ====================  =====================  ==================  ======================
-global rank        RANK                  SLURM_PROCID           OMPI_COMM_WORLD_RANK        RANK
-local rank         LOCAL_RANK            SLURM_LOCALID          OMPI_COMM_WORLD_LOCAL_RANK  LOCAL_RANK
-world size         WORLD_SIZE            SLURM_NTASKS           OMPI_COMM_WORLD_SIZE        WORLD_SIZE
-node rank          GROUP_RANK            SLURM_NODEID           (rank // local size)        CROSS_RANK
-number of nodes    GROUP_WORLD_SIZE      SLURM_NNODES           (size // local size)        CROSS_SIZE
-workers per node   LOCAL_WORLD_SIZE      (SLURM_TASKS_PER_NODE) OMPI_COMM_WORLD_LOCAL_SIZE  LOCAL_SIZE
-=================  ====================  =====================  ==================  ======================
+================  ======================  ======================  ===========================  ============
+fact              torchrun / clusterlab   Slurm (srun)            OpenMPI (mpirun)             DeepSpeed
+================  ======================  ======================  ===========================  ============
+global rank       RANK                    SLURM_PROCID            OMPI_COMM_WORLD_RANK         RANK
+local rank        LOCAL_RANK              SLURM_LOCALID           OMPI_COMM_WORLD_LOCAL_RANK   LOCAL_RANK
+world size        WORLD_SIZE              SLURM_NTASKS            OMPI_COMM_WORLD_SIZE         WORLD_SIZE
+node rank         GROUP_RANK              SLURM_NODEID            (rank // local size)         CROSS_RANK
+number of nodes   GROUP_WORLD_SIZE        SLURM_NNODES            (size // local size)         CROSS_SIZE
+workers per node  LOCAL_WORLD_SIZE        SLURM_TASKS_PER_NODE    OMPI_COMM_WORLD_LOCAL_SIZE   LOCAL_SIZE
+================  ======================  ======================  ===========================  ============
 
 The seed's manual exports (``NODE_RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR``, ``MASTER_PORT``, no ``RANK``) are read too: the global rank is
@@ -233,6 +233,11 @@ def _slurm(env: Mapping[str, str], nproc_per_node: int | None) -> RankView:
 
         addr = hostlist.expand_hostlist(nodelist)[0]
         s["master_addr"] = "first host of SLURM_JOB_NODELIST"
+        if env.get("CLUSTERLAB_SIMULATED_HOSTS") == "1":  # the lab's srun: node001 is this machine
+            from .slurm.hosts import resolve_simulated
+
+            addr = resolve_simulated(addr, dict(env))
+            s["master_addr"] += " (a simulated node: this machine)"
     if port is None and env.get("SLURM_JOB_ID", "").isdigit():
         port = 15000 + int(env["SLURM_JOB_ID"][-4:])
         s["master_port"] = "15000 + last 4 digits of SLURM_JOB_ID"

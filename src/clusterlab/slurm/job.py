@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from ..errors import UsageError
 from . import hosts
 from .layout import Distribution, TaskLayout, compress_counts, count_tasks, step_layout
-from .options import Value
+from .options import MAX_COUNT, Value
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,8 @@ def node_count(values: dict[str, Value]) -> int | None:
     lo, _, hi = str(raw).partition("-")
     if not lo.isdigit() or (hi and not hi.isdigit()) or int(lo) < 1 or (hi and int(hi) < int(lo)):
         raise UsageError(f"{_say(values, 'nodes')} is not a node count; write N or MIN-MAX, e.g. --nodes=2")
+    if int(hi or lo) > MAX_COUNT:
+        raise UsageError(f"{_say(values, 'nodes')} is more nodes than this simulation runs (at most {MAX_COUNT})")
     return int(hi or lo)
 
 

@@ -162,9 +162,15 @@ def parse(tokens: list[str], prog: str, where: str = "command line", stop_at_pos
     return values, []
 
 
+#: every node and task of a simulated job is a real local process: counts stay within reason
+MAX_COUNT = 65536
+
+
 def _int(raw: str, written: str, where: str) -> int:
     if not raw.strip().isdigit():
         raise UsageError(f"{where}: {written}={raw!r} is not a whole number; write e.g. {written}=2")
+    if int(raw) > MAX_COUNT:
+        raise UsageError(f"{where}: {written}={raw.strip()} is more than this simulation runs (at most {MAX_COUNT})")
     return int(raw)
 
 

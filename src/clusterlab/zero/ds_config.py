@@ -148,6 +148,8 @@ def read_config(path: str, world_size: int) -> ConfigReport:
             cfg = json.load(f)
     except OSError as exc:
         raise UsageError(f"cannot read ds_config {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"ds_config {path!r} is not UTF-8 JSON text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     return check_config(cfg, world_size)

@@ -71,6 +71,8 @@ def read_hostfile(path: str) -> "OrderedDict[str, int]":
             text = f.read()
     except OSError as exc:
         raise UsageError(f"cannot read hostfile {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"hostfile {path!r} is not UTF-8 text (byte {exc.start}); a hostfile holds lines like 'worker-0 slots=4'") from None
     return parse_hostfile(text, source=path)
 
 
