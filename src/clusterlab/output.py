@@ -6,14 +6,49 @@ until its newline comes; only whole lines are ever written out, each with one
 ``os.write`` call, so two ranks never share a line. Each line goes to the
 console (unless ``--local-ranks-filter`` hides that rank) and, with
 ``--log-dir``, unprefixed into the rank's own log file.
+
+The agents of a simulated cluster share one console. A write of at most
+PIPE_BUF (4096) bytes to a pipe is atomic, a longer one is not, so a 20 KB line
+from node0 could be cut in half by node1's lines: console writes therefore hold
+a POSIX lock on the console (:func:`console_lock`), and agents take turns.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from collections import deque
 
-select_pipe_buf = 4096  # PIPE_BUF on Linux
+
+def log(message: str) -> None:
+    """The launcher's own voice: one ``[clusterlab]`` line on stderr."""
+    try:
+        with console_lock(2):
+            os.write(2, f"[clusterlab] {message}\n".encode())
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def console_lock(fd: int):
+    """Hold a POSIX lock on the console (pipe, tty or file) while writing whole lines to it.
+
+    ``lockf`` works on pipes and ttys and is per process, so agents sharing the
+    console take turns. If the console cannot be locked, write anyway.
+    """
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
 
 
 def prefix(node_rank: int, rank: int, local_rank: int) -> bytes:
@@ -66,16 +101,8 @@ class StreamPump:
         if self.tail.maxlen:
             self.tail.extend(line.decode(errors="replace").rstrip("\n") for line in lines[-self.tail.maxlen:])
         if self.console_fd is not None:
-            # Writes of at most PIPE_BUF bytes to a pipe are atomic, so batch whole lines up to
-            # that size: other agents sharing the console can then never split one of our lines.
-            batch = b""
-            for line in lines:
-                line = self.tag + line
-                if batch and len(batch) + len(line) > select_pipe_buf:
-                    _write_all(self.console_fd, batch)
-                    batch = b""
-                batch += line
-            _write_all(self.console_fd, batch)
+            with console_lock(self.console_fd):
+                _write_all(self.console_fd, b"".join(self.tag + line for line in lines))
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -77,11 +77,12 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import replace
 
-from .agent import AgentConfig, NodeAgent, log
+from .agent import AgentConfig, NodeAgent
 from .errors import UsageError
 from .layout import ClusterLayout
+from .output import log
+from .rendezvous import listen
 
 _STREAMS = {0: frozenset(), 1: frozenset({"stdout"}), 2: frozenset({"stderr"}), 3: frozenset({"stdout", "stderr"})}
 
@@ -218,11 +219,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
 
 def _bind_free(addr: str, port: int) -> socket.socket:
     """Bind node 0's listener before any agent starts, so ``--master-port 0`` can be resolved."""
-    probe = NodeAgent(AgentConfig(ClusterLayout(1, 1), ("true",), master_addr=addr, master_port=port), 0)
-    try:
-        return probe._listen()
-    finally:
-        probe.sel.close()
+    return listen(addr, port)
 
 
 def launch(config: AgentConfig, node_rank: int) -> int:
@@ -230,7 +227,7 @@ def launch(config: AgentConfig, node_rank: int) -> int:
     listener = None
     if node_rank == 0 and config.master_port == 0:
         listener = _bind_free(config.master_addr, 0)
-        config = replace(config, master_port=listener.getsockname()[1])
+        config = config._replace(master_port=listener.getsockname()[1])
     # Under (simulated) Slurm, name the node as Slurm does, so summaries say node002, not this host.
     hostname = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     return NodeAgent(config, node_rank, hostname=hostname, listener=listener).run()
@@ -249,7 +246,7 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
     setpriv_prefix()  # probe once here, not once in each forked agent
 
     listener = _bind_free(config.master_addr, config.master_port)
-    config = replace(config, master_port=listener.getsockname()[1])
+    config = config._replace(master_port=listener.getsockname()[1])
     if not quiet:
         log(f"simulating {config.layout} on this machine; master node0 at {config.master_addr}:{config.master_port}")
     sys.stdout.flush()

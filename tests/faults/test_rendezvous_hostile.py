@@ -168,7 +168,7 @@ def test_many_connections_at_once(master, n1dir):
 
 
 def test_silent_client_is_dropped_after_the_hello_timeout(master):
-    from clusterlab.agent import HELLO_TIMEOUT
+    from clusterlab.rendezvous import HELLO_TIMEOUT
 
     sock = connect(master.port)
     t0 = time.monotonic()

@@ -1,0 +1,139 @@
+"""The master's view of the job: collective rounds, failures, restarts, the end.
+
+Node 0's agent runs one :class:`Coordinator` beside its own workers. Every agent
+(node 0's too, without a socket in between) reports to it, and it answers by
+sending messages to nodes:
+
+============  ==================================  ======================================
+from a node   meaning                             the coordinator's answer
+============  ==================================  ======================================
+``arrive``    ranks entered collective rounds      ``result`` to the nodes of the round
+``failed``    a worker exited non-zero / signal    ``restart`` to all, or ``stop`` + summary
+``done``      all of a node's workers exited 0     ``finish`` to all, once every node is done
+``stopped``   a node stopped for a restart         ``start`` to all, once every node stopped
+``abort``     an agent was interrupted             ``stop`` to all
+============  ==================================  ======================================
+
+A lost agent (closed connection, missed heartbeats) is a failure like a crashed
+worker. What a barrier round decides lives in :mod:`clusterlab.barrier`; this
+module only routes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from .barrier import GatherTable, Outcome
+from .output import log
+from .procs import describe_exit
+from .wire import MAX_FRAME
+
+
+class Coordinator:
+    """The job's state on the master; ``send(node, message)`` delivers to a node's agent."""
+
+    def __init__(self, layout, max_restarts: int, send) -> None:
+        self.layout, self.max_restarts, self.send = layout, max_restarts, send
+        self.attempt = 0
+        self.table = GatherTable(layout)
+        self.ending = False  # a stop or finish was sent
+        self._done: set[int] = set()
+        self._stopped: set[int] = set()
+
+    def broadcast(self, msg: dict) -> None:
+        for node in range(self.layout.nnodes):
+            self.send(node, msg)
+
+    def handle(self, node: int, msg: dict) -> None:
+        """One message from ``node``'s agent. Malformed fields raise (the caller stops the job)."""
+        kind = msg.get("t")
+        if kind == "hb":
+            return
+        if kind == "abort":
+            self.fail(str(msg.get("reason", f"node{node} aborted")), code=int(msg.get("code", 1)))
+            return
+        if msg.get("attempt") != self.attempt or self.ending:
+            return  # stale news from an earlier attempt, or the job is already ending
+        if kind == "arrive":
+            now = time.time()
+            for rank, seq, name, timeout, data in msg["items"]:
+                if rank not in self.layout.ranks_on(node) or not isinstance(seq, int) or not isinstance(timeout, (int, float)):
+                    raise ValueError(f"rank {rank!r} seq {seq!r} timeout {timeout!r} is not a collective call of node{node}")
+                outcome = self.table.arrive(rank, seq, str(name), timeout, data, now)
+                if outcome:
+                    self._dispatch(outcome)
+        elif kind == "failed":
+            self._on_failure(msg)
+        elif kind == "done":
+            self._done.add(node)
+            if len(self._done) == self.layout.nnodes:
+                self.ending = True
+                self.broadcast({"t": "finish"})
+        elif kind == "stopped":
+            self._stopped.add(node)
+            if len(self._stopped) == self.layout.nnodes:
+                self.broadcast({"t": "start", "attempt": self.attempt})
+
+    def expire(self, now: float) -> None:
+        """Fail the collective rounds whose timeout has passed."""
+        for outcome in self.table.expire(now):
+            self._dispatch(outcome)
+
+    def _dispatch(self, outcome: Outcome) -> None:
+        if outcome.error is None and self.layout.nnodes > 1:
+            size = len(json.dumps(outcome.data, separators=(",", ":")))
+            if size > MAX_FRAME - 4096:  # the result frame could not be sent: fail the call, not the agent
+                outcome = Outcome(outcome.seq, outcome.ranks, error=(
+                    f"the result of collective call #{outcome.seq} is {size} bytes as JSON, over the "
+                    f"{MAX_FRAME}-byte frame limit between agents; gather less data per call"))
+        msg = {"t": "result", "attempt": self.attempt, "seq": outcome.seq}
+        if outcome.error is not None:
+            msg["error"] = outcome.error
+            msg["ranks"] = list(outcome.ranks)
+            nodes = sorted({self.layout.locate(r)[0] for r in outcome.ranks})
+        else:
+            msg["data"] = outcome.data
+            nodes = range(self.layout.nnodes)
+        for node in nodes:
+            self.send(node, msg)
+
+    def _on_failure(self, msg: dict) -> None:
+        if self.attempt < self.max_restarts:
+            self.attempt += 1
+            log(f"rank {msg['rank']} on node{msg['node']} failed ({describe_exit(msg['returncode'])}); "
+                f"restarting the whole world, attempt {self.attempt} of {self.max_restarts}")
+            self.table = GatherTable(self.layout)
+            self._done.clear()
+            self._stopped.clear()
+            self.broadcast({"t": "restart", "attempt": self.attempt})
+        else:
+            self.fail(self.summary(msg))
+
+    def fail(self, summary: str, code: int = 1) -> None:
+        """Stop every node, once; each agent prints ``summary`` where it prints summaries."""
+        if self.ending:
+            return
+        self.ending = True
+        self.broadcast({"t": "stop", "code": code, "summary": summary})
+
+    def summary(self, f: dict) -> str:
+        """torchrun's "root cause (first observed failure)" report, for the first failed worker."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f["time"]))
+        lines = [
+            "=" * 64,
+            f"job failed after {self.attempt + 1} attempt(s); root cause (first observed failure):",
+            f"  time      : {when}",
+            f"  node      : node{f['node']} ({f['host']})",
+            f"  rank      : {f['rank']} (local_rank {f['local_rank']})",
+            f"  pid       : {f['pid']}",
+            f"  exit      : {describe_exit(f['returncode'])}",
+        ]
+        if f.get("tail"):
+            lines.append(f"  stderr    : last {len(f['tail'])} line(s) of rank {f['rank']}:")
+            lines += [f"    {line}" for line in f["tail"]]
+        else:
+            lines.append("  stderr    : (empty)")
+        lines.append("every worker on every node was stopped")
+        lines.append("=" * 64)
+        return "\n".join(lines)
