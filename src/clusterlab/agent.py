@@ -32,8 +32,7 @@ import os
 import select
 import socket
 import time
-from collections import deque
-from typing import NamedTuple
+from collections import deque, namedtuple
 
 from . import rendezvous
 from .coordinator import Coordinator
@@ -51,22 +50,17 @@ HEARTBEAT_TIMEOUT = float(os.environ.get("CLUSTERLAB_HEARTBEAT_TIMEOUT", "15"))
 _MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError)
 
 
-class AgentConfig(NamedTuple):
-    """Everything an agent needs to know; built by :mod:`clusterlab.run` from the flags."""
+class AgentConfig(namedtuple("AgentConfig", [
+    "layout", "argv", "master_addr", "master_port", "run_id", "role", "max_restarts", "rdzv_timeout",
+    "log_dir", "console_streams", "local_ranks_filter", "barrier_trace", "term_timeout",
+], defaults=("127.0.0.1", 29500, "none", "default", 0, 300.0, None, frozenset({"stdout", "stderr"}), None, None, 5.0))):
+    """Everything an agent needs to know; built by :mod:`clusterlab.run` from the flags.
 
-    layout: ClusterLayout
-    argv: tuple
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-    run_id: str = "none"
-    role: str = "default"
-    max_restarts: int = 0
-    rdzv_timeout: float = 300.0
-    log_dir: str | None = None
-    console_streams: frozenset = frozenset({"stdout", "stderr"})
-    local_ranks_filter: frozenset | None = None
-    barrier_trace: str | None = None
-    term_timeout: float = 5.0
+    ``layout`` (a :class:`~clusterlab.layout.ClusterLayout`) and ``argv`` (the worker
+    command) are required; the rest default as torchrun's flags do.
+    """
+
+    __slots__ = ()
 
 
 class NodeAgent:

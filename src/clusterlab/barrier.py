@@ -23,29 +23,28 @@ The table is pure logic: no sockets, no clocks of its own (``now`` is passed in)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 from .layout import ClusterLayout, format_ranks
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """The result of one round, to deliver to ``ranks``."""
+class Outcome(namedtuple("Outcome", "seq ranks data error", defaults=(None, None))):
+    """The result of one round, to deliver to ``ranks``: ``data`` (gathered, in rank
+    order) on release, or ``error`` (the message every rank raises) on failure."""
 
-    seq: int
-    ranks: tuple[int, ...]
-    data: list | None = None  # gathered data, in rank order, on release
-    error: str | None = None  # the message every rank raises, on failure
+    __slots__ = ()
 
 
-@dataclass
 class _Round:
-    seq: int
-    names: dict[int, str] = field(default_factory=dict)
-    data: dict[int, object] = field(default_factory=dict)
-    deadline: float = float("inf")
-    timeout: float = 0.0
-    error: str | None = None
+    """One collective round in progress: who arrived, under which name, with what data."""
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.names: dict[int, str] = {}
+        self.data: dict[int, object] = {}
+        self.deadline = float("inf")
+        self.timeout = 0.0
+        self.error: str | None = None
 
 
 def _label(name: str) -> str:

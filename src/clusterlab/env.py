@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 from .errors import UsageError
 from .layout import ClusterLayout
@@ -81,21 +81,15 @@ def worker_env(
     }
 
 
-@dataclass(frozen=True)
-class RankView:
-    """Who this process is in its job, as its launcher described it."""
+class RankView(namedtuple("RankView", "launcher rank local_rank world_size local_world_size node_rank nnodes "
+                                       "master_addr master_port sources", defaults=(None, None, None))):
+    """Who this process is in its job, as its launcher described it.
 
-    launcher: str
-    rank: int
-    local_rank: int
-    world_size: int
-    local_world_size: int
-    node_rank: int
-    nnodes: int
-    master_addr: str | None = None
-    master_port: int | None = None
-    #: which environment variable (or rule) each field came from
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    ``launcher`` names the table that matched; ``sources`` maps each field to the
+    environment variable (or rule) it came from.
+    """
+
+    __slots__ = ()
 
     def __str__(self) -> str:
         master = f"{self.master_addr}:{self.master_port}" if self.master_addr else "unset"

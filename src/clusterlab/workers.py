@@ -67,7 +67,7 @@ class WorkerGroup:
         # Orphans of our workers (a grandchild that called setsid()) come back to this process, so
         # the sweeps find them; children this process had before (an in-process launch) are spared.
         self._foreign = {p.pid for p in procs.descendants([os.getpid()])}
-        procs.set_subreaper(True)
+        self._subreaper = False
 
     # ------------------------------------------------------------------ start
     def start(self, attempt: int, tick=lambda: None) -> None:
@@ -113,6 +113,11 @@ class WorkerGroup:
             self.loop.on_read(req_r, lambda w=w: self._read_request(w))
             if pidfd is not None:
                 self.loop.on_read(pidfd, lambda w=w: self._reap(w))
+        if not self._subreaper:
+            # Set once the workers are on their way, so loading ctypes for it does not delay them;
+            # a grandchild can only be orphaned once its worker has run for a while anyway.
+            procs.set_subreaper(True)
+            self._subreaper = True
 
     def _pumps(self, attempt: int, local_rank: int, rank: int) -> dict:
         cfg = self.cfg
@@ -295,4 +300,5 @@ class WorkerGroup:
         if self._family:
             procs.kill_all(self._family)
         procs.sweep(self._foreign)  # also after a clean finish: nothing a worker started outlives the job
-        procs.set_subreaper(False)
+        if self._subreaper:
+            procs.set_subreaper(False)
