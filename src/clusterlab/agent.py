@@ -44,6 +44,8 @@ from .wire import ProtocolError
 from .workers import MAX_ARRIVAL, Worker, WorkerGroup
 
 HEARTBEAT_INTERVAL = 1.0
+#: the longest a node agent holds its workers' arrivals before sending an incomplete set
+ARRIVAL_HOLD = 0.005
 #: a peer silent for this long is declared lost (CLUSTERLAB_HEARTBEAT_TIMEOUT overrides)
 HEARTBEAT_TIMEOUT = float(os.environ.get("CLUSTERLAB_HEARTBEAT_TIMEOUT", "15"))
 #: what a handler raises on a message with missing or mistyped fields (checked by the fault suite)
@@ -84,6 +86,7 @@ class NodeAgent:
         self.exit_code: int | None = None
         self._arrivals: list = []
         self._arrival_bytes = 0
+        self._hold_until = float("inf")  # when held arrivals go to the master even if the node is incomplete
         self._inbox_master: deque = deque()  # (node, message) for the coordinator on node 0
         self._inbox_agent: deque = deque()  # messages from the coordinator to this agent
         self._next_heartbeat = 0.0
@@ -110,11 +113,11 @@ class NodeAgent:
 
     def _step(self) -> None:
         now = time.monotonic()
-        deadline = min(self.group.kill_at, self._next_heartbeat)
+        deadline = min(self.group.kill_at, self._next_heartbeat, self._hold_until)
         if self.coordinator:  # the barrier table keeps wall-clock deadlines
             deadline = min(deadline, now + (self.coordinator.table.next_deadline() - time.time()))
         self.loop.poll(min(deadline - now, self.group.poll()))
-        self._flush_arrivals()
+        self._flush_arrivals(force=False)
         self._drain_inboxes()
         if self.loop.signal is not None and not self._interrupt_handled:
             self._interrupted(self.loop.signal)
@@ -157,15 +160,29 @@ class NodeAgent:
     def _on_request(self, w: Worker, seq: int, name: str, timeout: float, data, nbytes: int) -> None:
         if self._arrival_bytes + nbytes > MAX_ARRIVAL:
             self._flush_arrivals()  # keep every 'arrive' frame under MAX_FRAME
+        if not self._arrivals:
+            self._hold_until = time.monotonic() + ARRIVAL_HOLD
         self._arrival_bytes += nbytes
         self._arrivals.append([w.rank, seq, name, timeout, data])
 
-    def _flush_arrivals(self) -> None:
-        """Forward this loop turn's arrivals as one message: the node's share of the round."""
-        if self._arrivals and not self.group.stopping:
+    def _flush_arrivals(self, force: bool = True) -> None:
+        """Send the held arrivals to the master as one message: the node's share of the round.
+
+        The hierarchical part of the barrier: a node's agent waits until all its
+        workers have arrived, then crosses the network once. Arrivals wait at most
+        :data:`ARRIVAL_HOLD` for slow local ranks, so the master always knows who
+        is in a round (its timeout errors name exactly the ranks that never came).
+        Node 0's agent is the master: its arrivals need no network and go at once.
+        """
+        if not self._arrivals:
+            return
+        if not (force or self.is_master or self.group.all_waiting or time.monotonic() >= self._hold_until):
+            return
+        if not self.group.stopping:
             self._to_master({"t": "arrive", "attempt": self.attempt, "items": self._arrivals})
         self._arrivals = []
         self._arrival_bytes = 0
+        self._hold_until = float("inf")
 
     def _on_worker_exit(self, w: Worker) -> None:
         if w.returncode != 0:

@@ -244,6 +244,11 @@ class WorkerGroup:
         return 0.05
 
     @property
+    def all_waiting(self) -> bool:
+        """Every live worker is blocked in a collective call."""
+        return all(w.waiting is not None or w.returncode is not None for w in self.workers)
+
+    @property
     def all_done(self) -> bool:
         return all(w.returncode == 0 for w in self.workers)
 
