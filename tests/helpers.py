@@ -27,23 +27,33 @@ def start(*args: str, **kwargs) -> subprocess.Popen:
 
 
 def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 30) -> list[str]:
-    """Read ``proc``'s output until a line matches ``pattern``; return the lines read so far."""
+    """Read ``proc``'s output until a line matches ``pattern``; return the lines read so far.
+
+    Reads the pipe with ``os.read`` and keeps unconsumed lines on ``proc``: a
+    buffered ``readline`` after ``select`` would strand lines that arrived in the
+    same chunk, and the next call would wait for them in vain.
+    """
+    pending = proc.__dict__.setdefault("_pending", [])
+    partial = proc.__dict__.setdefault("_partial", [b""])
+    fd = proc.stdout.fileno()
     lines: list[str] = []
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not sel.select(deadline - time.monotonic()):
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            while pending:
+                line = pending.pop(0)
+                lines.append(line)
+                if re.search(pattern, line):
+                    return lines
+            if time.monotonic() >= deadline or not sel.select(deadline - time.monotonic()):
                 break
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            lines.append(line.rstrip("\n"))
-            if re.search(pattern, line):
-                return lines
-    finally:
-        sel.close()
+            data = partial[0] + chunk
+            *complete, partial[0] = data.split(b"\n")
+            pending += [c.decode(errors="replace") for c in complete]
     raise AssertionError(f"no line matching {pattern!r} within {timeout}s; got: {lines[-20:]}")
 
 

@@ -40,3 +40,13 @@ def test_timeout_names_missing_ranks_and_nodes():
     assert "timed out after 2s" in out.error and "rank 2-3 on node1 never arrived" in out.error
     assert "2 of 4 ranks did" in out.error and out.ranks == (0, 1)
     assert table.next_deadline() == float("inf")
+
+
+def test_a_rank_that_exited_fails_the_rounds_it_never_entered():
+    table = GatherTable(ClusterLayout(2, 2))
+    table.arrive(0, 0, "step", 60, None, 0)
+    (out,) = table.leave(3)
+    assert out.ranks == (0,) and "can never complete: rank 3 on node1 already exited" in out.error
+    late = table.arrive(1, 0, "step", 60, None, 0)  # a rank arriving afterwards hears it at once
+    assert late.error == out.error
+    assert table.arrive(0, 1, "next", 60, None, 0).error.startswith("barrier 'next' (collective call #1) can never")

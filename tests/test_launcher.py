@@ -267,3 +267,17 @@ def test_fake_launcher_two_terminals(monkeypatch):
     assert [p.returncode for p in procs] == [0, 0], outs
     assert set(rank_lines(outs[0])) == {4, 5, 6, 7} and set(rank_lines(outs[1])) == {0, 1, 2, 3}
     check_hello(outs[0] + outs[1], 2, 4)
+
+
+def test_rank_that_exits_early_fails_the_barrier_at_once(tmp_path):
+    script = write(tmp_path / "early.py", """
+import os, clusterlab
+if os.environ["RANK"] == "3":
+    raise SystemExit(0)          # one barrier call fewer than the others
+clusterlab.barrier("step", timeout=600)
+""")
+    t0 = time.monotonic()
+    res = clusterlab("simulate", "--nnodes", "2", "--nproc-per-node", "2", "--master-port", "0", str(script))
+    assert time.monotonic() - t0 < 30  # not the 600 s timeout
+    assert res.returncode == 1
+    assert "barrier 'step' (collective call #0) can never complete: rank 3 on node1 already exited" in res.stdout + res.stderr

@@ -185,6 +185,7 @@ class NodeAgent:
         self._hold_until = float("inf")
 
     def _on_worker_exit(self, w: Worker) -> None:
+        self._flush_arrivals()  # what the node's workers did before this exit reaches the master first
         if w.returncode != 0:
             self._to_master({
                 "t": "failed", "attempt": self.attempt, "node": self.node_rank, "host": self.hostname,
@@ -194,6 +195,8 @@ class NodeAgent:
             self.group.stop()
         elif self.group.all_done:
             self._to_master({"t": "done", "attempt": self.attempt, "node": self.node_rank})
+        else:  # the others may be waiting for it in a barrier it will never call
+            self._to_master({"t": "exited", "attempt": self.attempt, "rank": w.rank})
 
     # ------------------------------------------------------------------ between agents
     def _read_peer(self, peer: Peer) -> None:

@@ -8,6 +8,7 @@ sending messages to nodes:
 from a node   meaning                             the coordinator's answer
 ============  ==================================  ======================================
 ``arrive``    ranks entered collective rounds      ``result`` to the nodes of the round
+``exited``    a worker exited 0                   ``result`` errors for rounds it left open
 ``failed``    a worker exited non-zero / signal    ``restart`` to all, or ``stop`` + summary
 ``done``      all of a node's workers exited 0     ``finish`` to all, once every node is done
 ``stopped``   a node stopped for a restart         ``start`` to all, once every node stopped
@@ -63,6 +64,12 @@ class Coordinator:
                 outcome = self.table.arrive(rank, seq, str(name), timeout, data, now)
                 if outcome:
                     self._dispatch(outcome)
+        elif kind == "exited":
+            rank = msg["rank"]
+            if rank not in self.layout.ranks_on(node):
+                raise ValueError(f"rank {rank!r} does not run on node{node}")
+            for outcome in self.table.leave(rank):
+                self._dispatch(outcome)
         elif kind == "failed":
             self._on_failure(msg)
         elif kind == "done":

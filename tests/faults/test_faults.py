@@ -79,7 +79,7 @@ def test_worker_dies(tmp_path, mode, fault, cause):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_worker_hangs_inside_a_barrier(tmp_path, mode):
-    """Rank 1 waits at a barrier nobody else calls: its timeout names every rank that never came."""
+    """Rank 1 waits at a barrier nobody else calls: once the others exit, it fails at once, naming them."""
     job = Job(mode, tmp_path, "hang-in-barrier", fault_rank=1, barrier_timeout=BARRIER_TIMEOUT, gate=True)
     job.wait_ready()
     family = job.family()
@@ -87,11 +87,12 @@ def test_worker_hangs_inside_a_barrier(tmp_path, mode):
     codes = job.finish()
     assert set(codes.values()) == {1}, job.text
     text = job.text
-    assert (f"barrier 'extra' (collective call #0) timed out after {BARRIER_TIMEOUT:g}s: rank 0 on node0; "
-            "rank 2-3 on node1 never arrived (1 of 4 ranks did)") in text
+    # the others exited 0 without calling it: no need to wait for the timeout
+    assert "barrier 'extra' (collective call #0) can never complete: rank 0" in text
+    assert "already exited without calling it" in text
     _summary_names(job.output_of(0), 0, 1, 1, "exit code 1")
     elapsed = job.exited_at() - job.fault_time(1)
-    assert elapsed < BARRIER_TIMEOUT + BARRIER_SLACK, f"{elapsed:.2f}s"
+    assert elapsed < BARRIER_SLACK, f"{elapsed:.2f}s"
     assert_gone(family)
     job.check_logs(complete=True)
 
