@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from clusterlab.slurm import options
 from clusterlab.slurm.job import allocate
 from clusterlab.slurm.lint import lint, unquoted_vars
 from clusterlab.slurm.sbatch import merge, read_script, parse_script

@@ -36,7 +36,6 @@ from collections import deque, namedtuple
 
 from . import rendezvous
 from .coordinator import Coordinator
-from .layout import ClusterLayout
 from .loop import Loop
 from .output import log
 from .rendezvous import Peer

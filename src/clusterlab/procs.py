@@ -30,8 +30,8 @@ _libc = None
 _setpriv: list[str] | None = None  # ["/usr/bin/setpriv", "--pdeathsig", "KILL", "--"], or [] without one
 
 
-def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
-    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+def _prctl(option: int, arg: int) -> None:
+    """Linux ``prctl(option, arg)`` through libc (loaded once); a no-op elsewhere."""
     global _libc
     if not sys.platform.startswith("linux"):
         return
@@ -39,7 +39,12 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
         import ctypes
 
         _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    _libc.prctl(option, arg, 0, 0, 0)
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+    _prctl(_PR_SET_PDEATHSIG, int(sig))
 
 
 def set_subreaper(on: bool = True) -> None:
@@ -50,14 +55,26 @@ def set_subreaper(on: bool = True) -> None:
     the group or of a walk from the worker's pid. With this set, it is re-parented
     to the agent instead, so :func:`sweep` still finds it.
     """
-    global _libc
-    if not sys.platform.startswith("linux"):
-        return
-    if _libc is None:
-        import ctypes
+    _prctl(_PR_SET_CHILD_SUBREAPER, int(on))
 
-        _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+
+def kill_tagged(name: str, value: str, wait: float = 2.0) -> None:
+    """SIGKILL every process (but this one) whose environment has ``name=value``, and wait for them.
+
+    What slurmd does at the end of a job or step: whatever still carries the job's
+    mark is killed, wherever it went (a ``setsid`` child, a daemonised helper).
+    """
+    import psutil
+
+    tagged = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.environ().get(name) == value:
+                tagged.append(p)
+        except (psutil.Error, OSError):
+            continue
+    kill_all(tagged)
+    psutil.wait_procs(tagged, timeout=wait)
 
 
 def _child_pids(pid: int) -> list[int] | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 
 import pytest
 
@@ -147,7 +146,7 @@ def test_master_agent_sigkilled(tmp_path, mode):
         assert "the agent of node0 was killed by signal 9 (SIGKILL)" in job.text
     else:
         assert codes == {0: -signal.SIGKILL, 1: 1}, job.text
-    assert f"node1: lost the master agent (node0 at 127.0.0.1:" in survivor.text
+    assert "node1: lost the master agent (node0 at 127.0.0.1:" in survivor.text
     elapsed = survivor.exited_at - t0
     assert elapsed < AGENT_LOST_BOUND, f"{elapsed:.2f}s"
     assert_gone(family)

@@ -37,6 +37,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
+from .. import procs
 from ..errors import UsageError
 from . import options
 from .environ import JOB_DIR_ENV, batch_env, slurm_free
@@ -213,18 +214,4 @@ def _wait_batch(proc: subprocess.Popen) -> int:
 
 def _kill_job(job_dir: str) -> None:
     """End of job: every process that still carries the job's environment is killed (slurmd's cleanup)."""
-    import psutil
-
-    left = []
-    for p in psutil.process_iter():
-        try:
-            if p.pid != os.getpid() and p.environ().get(JOB_DIR_ENV) == job_dir:
-                left.append(p)
-        except (psutil.Error, OSError):
-            continue
-    for p in left:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(left, timeout=2.0)
+    procs.kill_tagged(JOB_DIR_ENV, job_dir)

@@ -222,18 +222,8 @@ def _kill_leftovers(tasks: list[_Task], tag: str | None) -> None:
     """SIGKILL what is left of the step: every task's group, then any process carrying the step's tag."""
     for t in tasks:
         procs.signal_group(t.proc, signal.SIGKILL)
-    if tag is None:
-        return
-    import psutil
-
-    leftovers = []
-    for p in psutil.process_iter():
-        try:
-            if p.pid != os.getpid() and p.environ().get(STEP_TAG_ENV) == tag:
-                leftovers.append(p)
-        except (psutil.Error, OSError):
-            continue
-    procs.kill_all(leftovers)
+    if tag is not None:
+        procs.kill_tagged(STEP_TAG_ENV, tag)
 
 
 def _describe(status: int) -> str:
