@@ -280,3 +280,15 @@ clusterlab.barrier("step", timeout=600)
     assert time.monotonic() - t0 < 30  # not the 600 s timeout
     assert res.returncode == 1
     assert "barrier 'step' (collective call #0) can never complete: rank 3 on node1 already exited" in res.stdout + res.stderr
+
+
+def test_malformed_channel_request_is_answered_at_once(tmp_path):
+    script = write(tmp_path / "garbage.py", """
+import os
+w, r = (int(x) for x in os.environ["CLUSTERLAB_CHANNEL"].split(","))
+os.write(w, b"this is not a collective request\\n")
+print(os.read(r, 4096).decode().strip(), flush=True)
+""")
+    res = clusterlab("simulate", "--nnodes", "1", "--nproc-per-node", "1", "--master-port", "0", str(script), timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert "rank 0 sent a malformed collective request on CLUSTERLAB_CHANNEL" in res.stdout

@@ -47,3 +47,12 @@ def test_decoder_never_crashes_on_random_bytes(data):
         return
     assert all(isinstance(m, dict) and isinstance(m["t"], str) for m in out)
     assert dec.pending <= len(data)
+
+
+def test_line_buffer_keeps_lines_whole_and_bounds_memory():
+    from clusterlab.output import LineBuffer
+
+    buf = LineBuffer(max_line=10)
+    assert buf.feed(b"ab") == [] and buf.feed(b"c\nde") == [b"abc\n"]
+    assert buf.feed(b"x" * 25) == [b"de" + b"x" * 8 + b"\n", b"x" * 10 + b"\n"]  # cut at 10 bytes, never more held
+    assert buf.flush() == [b"x" * 7 + b"\n"]

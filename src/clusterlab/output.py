@@ -57,16 +57,25 @@ def prefix(node_rank: int, rank: int, local_rank: int) -> bytes:
 
 
 class LineBuffer:
-    """Split a byte stream into complete lines (keeping their ``\\n``)."""
+    """Split a byte stream into complete lines (keeping their ``\\n``).
 
-    def __init__(self) -> None:
+    A line longer than ``max_line`` bytes (a worker printing megabytes without a
+    newline) is cut there and passed on, so memory stays bounded.
+    """
+
+    def __init__(self, max_line: int = 1 << 20) -> None:
         self._partial = b""
+        self._max = max_line
 
     def feed(self, data: bytes) -> list[bytes]:
         data = self._partial + data
         cut = data.rfind(b"\n") + 1
         self._partial = data[cut:]
-        return data[:cut].splitlines(keepends=True)
+        lines = data[:cut].splitlines(keepends=True)
+        while len(self._partial) > self._max:
+            lines.append(self._partial[:self._max] + b"\n")
+            self._partial = self._partial[self._max:]
+        return lines
 
     def flush(self) -> list[bytes]:
         """At end of stream: the unterminated last line, given its newline."""

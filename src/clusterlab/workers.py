@@ -28,7 +28,7 @@ from . import procs
 from .env import worker_env
 from .errors import UsageError
 from .loop import Loop, Outbox
-from .output import LineBuffer, StreamPump, log, prefix
+from .output import LineBuffer, StreamPump, prefix
 from .wire import MAX_FRAME
 
 TAIL_LINES = 10
@@ -191,7 +191,8 @@ class WorkerGroup:
                 req = json.loads(line)
                 seq, name, timeout = int(req["seq"]), str(req["name"]), float(req["timeout"])
             except (ValueError, KeyError, TypeError, RecursionError):
-                log(f"node{self.node_rank}: rank {w.rank} sent a malformed collective request; ignoring it")
+                # not from clusterlab.channel: answer at once rather than let the worker wait out its timeout
+                self.answer(w, -1, error=f"rank {w.rank} sent a malformed collective request on CLUSTERLAB_CHANNEL")
                 continue
             if len(line) > MAX_ARRIVAL:  # it could never cross to the master in one frame: refuse it here
                 self.answer(w, seq, error=(
