@@ -185,16 +185,34 @@ def _memory_run(nnodes: int, nproc: int, timeout: float) -> dict:
                 return
             done.wait(0.02)
 
+    def sample_agents() -> None:
+        # A rank reporting BENCH_RSS is alive, so its agent is too: sample the agents on that
+        # event, since at tiny sizes the whole run can slip between two of the sampler's polls.
+        try:
+            for a in psutil.Process(proc.pid).children():
+                peak["agent"] = max(peak["agent"], a.memory_info().rss)
+        except psutil.Error:
+            pass
+
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    watchdog = threading.Timer(timeout, lambda: harness._kill_trees([proc]))
+    watchdog.start()
+    lines = []
     try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        harness._kill_trees([proc])
-        raise BenchFailure(f"memory run {nnodes}x{nproc} timed out") from None
+        for line in proc.stdout:
+            lines.append(line)
+            if "BENCH_RSS" in line:
+                sample_agents()
+        proc.wait()
     finally:
+        timed_out = not watchdog.is_alive()
+        watchdog.cancel()
         done.set()
         sampler.join(5)
+    if timed_out:
+        raise BenchFailure(f"memory run {nnodes}x{nproc} timed out")
+    output = "".join(lines)
     ranks = sorted(int(line.rsplit(" ", 1)[1]) * 1024 for line in output.splitlines() if "BENCH_RSS" in line)
     if proc.returncode != 0 or len(ranks) != nnodes * nproc:
         raise BenchFailure(f"memory run {nnodes}x{nproc}: exit {proc.returncode}, {len(ranks)} ranks reported\n{output[-1500:]}")
