@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from clusterlab.procs import kill_tagged
+
 TAG = uuid.uuid4().hex
 PYTHON = sys.executable
 
@@ -123,22 +125,7 @@ def _kill_trees(procs: list[subprocess.Popen]) -> None:
 
 def sweep() -> int:
     """Kill every live process that carries this run's tag; return how many there were."""
-    me, found = os.getpid(), []
-    for proc in psutil.process_iter():
-        if proc.pid == me:
-            continue
-        try:
-            if proc.environ().get("CLUSTERLAB_BENCH_TAG") == TAG and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    for proc in found:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(found, timeout=5)
-    return len(found)
+    return kill_tagged("CLUSTERLAB_BENCH_TAG", TAG, wait=5)
 
 
 def _show(commands: list[list[str]]) -> str:

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import psutil
 
+from .procs import descendants, kill_all
+
 #: The project root: markdown-exec's MkDocs plugin exports the directory of mkdocs.yml.
 ROOT = Path(os.environ.get("MKDOCS_CONFIG_DIR") or Path(__file__).resolve().parents[2])
 
@@ -164,15 +166,11 @@ def _real(argv: list[str]) -> list[str]:
 def _kill_tree(pid: int) -> None:
     try:
         root = psutil.Process(pid)
-        procs = [*root.children(recursive=True), root]
     except psutil.NoSuchProcess:
         return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=5)
+    family = [*descendants([pid]), root]
+    kill_all(family)
+    psutil.wait_procs(family, timeout=5)
 
 
 def _start(argv: list[str], env: dict[str, str] | None) -> subprocess.Popen:

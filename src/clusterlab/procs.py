@@ -58,8 +58,9 @@ def set_subreaper(on: bool = True) -> None:
     _prctl(_PR_SET_CHILD_SUBREAPER, int(on))
 
 
-def kill_tagged(name: str, value: str, wait: float = 2.0) -> None:
-    """SIGKILL every process (but this one) whose environment has ``name=value``, and wait for them.
+def kill_tagged(name: str, value: str, wait: float = 2.0) -> int:
+    """SIGKILL every live process (but this one) whose environment has ``name=value``, wait for
+    them, and return how many there were.
 
     What slurmd does at the end of a job or step: whatever still carries the job's
     mark is killed, wherever it went (a ``setsid`` child, a daemonised helper).
@@ -69,12 +70,13 @@ def kill_tagged(name: str, value: str, wait: float = 2.0) -> None:
     tagged = []
     for p in psutil.process_iter():
         try:
-            if p.pid != os.getpid() and p.environ().get(name) == value:
+            if p.pid != os.getpid() and p.environ().get(name) == value and p.status() != psutil.STATUS_ZOMBIE:
                 tagged.append(p)
         except (psutil.Error, OSError):
             continue
     kill_all(tagged)
     psutil.wait_procs(tagged, timeout=wait)
+    return len(tagged)
 
 
 def _child_pids(pid: int) -> list[int] | None:
