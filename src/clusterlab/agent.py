@@ -27,7 +27,6 @@ the workers, the link to the master and (on node 0) the coordinator.
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import socket
@@ -39,7 +38,7 @@ from .coordinator import Coordinator
 from .loop import Loop
 from .output import log
 from .rendezvous import Peer
-from .wire import ProtocolError
+from .wire import ProtocolError, dumps
 from .workers import MAX_ARRIVAL, Worker, WorkerGroup
 
 HEARTBEAT_INTERVAL = 1.0
@@ -279,7 +278,7 @@ class NodeAgent:
                 reply, ranks = {"seq": seq, "error": msg["error"]}, set(msg.get("ranks", ()))
             else:
                 reply, ranks = {"seq": seq, "data": msg["data"]}, None
-            self.group.deliver(seq, json.dumps(reply, separators=(",", ":")).encode() + b"\n", ranks)
+            self.group.deliver(seq, dumps(reply) + b"\n", ranks)
         elif kind == "restart":
             self.attempt = msg["attempt"]
             self.group.after_stop(self._restarted)

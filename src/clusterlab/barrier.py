@@ -38,8 +38,9 @@ class Outcome(namedtuple("Outcome", "seq ranks data error", defaults=(None, None
 class _Round:
     """One collective round in progress: who arrived, under which name, with what data."""
 
-    def __init__(self, seq: int) -> None:
+    def __init__(self, seq: int, name: str) -> None:
         self.seq = seq
+        self.name = name  # the first arrival's name: every other arrival must match it
         self.names: dict[int, str] = {}
         self.data: dict[int, object] = {}
         self.deadline = float("inf")
@@ -56,6 +57,8 @@ class GatherTable:
 
     def __init__(self, layout: ClusterLayout) -> None:
         self.layout = layout
+        self.world = layout.world_size
+        self._everyone = tuple(range(self.world))
         self._rounds: dict[int, _Round] = {}
         self._gone: set[int] = set()  # ranks whose process ended: they will never arrive again
 
@@ -69,7 +72,7 @@ class GatherTable:
         """Record that ``rank`` entered round ``seq``; return the outcome if the round ends now."""
         rnd = self._rounds.get(seq)
         if rnd is None:
-            rnd = self._rounds[seq] = _Round(seq)
+            rnd = self._rounds[seq] = _Round(seq, name)
         if rank in rnd.names:
             return Outcome(seq, (rank,), error=f"rank {rank} entered collective call #{seq} twice")
         rnd.names[rank] = name
@@ -77,8 +80,7 @@ class GatherTable:
         if now + timeout < rnd.deadline:
             rnd.deadline, rnd.timeout = now + timeout, timeout
         if rnd.error is None:
-            first = next(iter(rnd.names.values()))
-            if name != first:
+            if name != rnd.name:
                 groups: dict[str, list[int]] = {}
                 for r, n in rnd.names.items():
                     groups.setdefault(n, []).append(r)
@@ -90,10 +92,11 @@ class GatherTable:
                 return self._finish(rnd, tuple(rnd.names))
         elif rnd.error is not None:
             return self._finish(rnd, (rank,))
-        if len(rnd.names) == self.layout.world_size:
+        if len(rnd.names) == self.world:
             del self._rounds[seq]
-            return Outcome(seq, tuple(range(self.layout.world_size)), data=[rnd.data[r] for r in range(self.layout.world_size)])
-        if self._gone - rnd.names.keys():
+            data = rnd.data
+            return Outcome(seq, self._everyone, data=[data[r] for r in self._everyone])
+        if self._gone and self._gone - rnd.names.keys():
             return self._abandon(rnd)
         return None
 

@@ -42,41 +42,84 @@ class _Channel:
         self.buf = b""
         self.trace = os.environ.get("CLUSTERLAB_TRACE")
         self.rank = int(os.environ.get("RANK", "-1"))
+        self.poller = select.poll()
+        self.poller.register(self.rfd, select.POLLIN)
+        self._requests: dict = {}  # name -> (timeout, request line with %d for its seq, wait in ms)
+        self.default_timeout = _resolve_timeout(None)
 
-    def gather(self, name: str, timeout: float, data: object) -> list:
+    def barrier(self, name: str, timeout: float) -> None:
+        """The hot path of :func:`barrier`: one write, one wait, one read, no json.
+
+        A barrier's cost on a busy machine is mostly its processes' wake-ups, and
+        each wake-up costs more the more code runs after it (the caches are cold),
+        so this path is kept as short as the protocol allows; anything unusual
+        (a trace, an error, a partial line) takes the general path.
+        """
+        request = self._requests.get(name)
+        if request is None or request[0] != timeout or self.trace or self.buf:
+            self.gather(name, timeout, None, barrier=True)
+            return
+        seq = self.seq
+        self.seq = seq + 1
+        try:
+            os.write(self.wfd, request[1] % seq)
+        except BrokenPipeError:
+            raise BarrierError("the node agent is gone (its pipe is closed)") from None
+        if not self.poller.poll(request[2]):
+            raise BarrierError(self._no_answer(name, timeout + _AGENT_GRACE))
+        line = os.read(self.rfd, 1 << 16)
+        if line.startswith(b'{"seq":%d,"data":' % seq) and line.find(b"\n") == len(line) - 1:
+            return  # released
+        self.buf = line
+        line = self._read_line(timeout + _AGENT_GRACE, name)
+        if not line.startswith(b'{"seq":%d,"data":' % seq):
+            self._check(_loads(line))
+
+    def gather(self, name: str, timeout: float, data: object, barrier: bool = False) -> list | None:
         seq, self.seq = self.seq, self.seq + 1
         arrive = time.time()
         line = _request_line(seq, name, timeout, data)
+        if barrier and line.endswith(b',"data":null}\n') and len(self._requests) < 64:
+            # the same barrier again needs only its number changed: keep the line as a template
+            template = line.replace(b"%", b"%%").replace(b'"seq":%d,' % seq, b'"seq":%d,', 1)
+            self._requests[name] = (timeout, template, (timeout + _AGENT_GRACE) * 1000)
         try:
             os.write(self.wfd, line) if len(line) <= 4096 else _write_all(self.wfd, line)
         except BrokenPipeError:
             raise BarrierError("the node agent is gone (its pipe is closed)") from None
-        reply = self._read_reply(timeout + _AGENT_GRACE, name, seq, data is None)
+        line = self._read_line(timeout + _AGENT_GRACE, name)
+        # a barrier's release needs no decoding: importing json would cost a worker ~10 ms of start-up
+        reply = _RELEASED if barrier and line.startswith(b'{"seq":%d,"data":' % seq) else _loads(line)
         leave = time.time()
         if self.trace:
             self._record(name, seq, arrive, leave, reply.get("error"))
-        if "error" in reply:
-            raise BarrierError(f"rank {self.rank}: {reply['error']}")
+        self._check(reply)
         return reply["data"]
 
-    def _read_reply(self, wait: float, name: str, seq: int, barrier: bool) -> dict:
-        deadline = time.monotonic() + wait
-        while b"\n" not in self.buf:
+    def _check(self, reply: dict) -> None:
+        if "error" in reply:
+            raise BarrierError(f"rank {self.rank}: {reply['error']}")
+
+    def _no_answer(self, name: str, wait: float) -> str:
+        return f"rank {self.rank}: no answer from the node agent for barrier {name!r} within {wait:g}s"
+
+    def _read_line(self, wait: float, name: str) -> bytes:
+        """The agent's next answer line; an error if none comes within ``wait`` seconds."""
+        deadline = 0.0
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i], self.buf[i + 1:]
+                return line
+            if not deadline:
+                deadline = time.monotonic() + wait
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.rfd], [], [], left)[0]:
-                raise BarrierError(
-                    f"rank {self.rank}: no answer from the node agent for barrier {name!r} within {wait:g}s"
-                )
+            if left <= 0 or not self.poller.poll(left * 1000):
+                raise BarrierError(self._no_answer(name, wait))
             chunk = os.read(self.rfd, 1 << 16)
             if not chunk:
                 raise BarrierError(f"rank {self.rank}: the node agent closed the channel during barrier {name!r}")
             self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        if barrier and line.startswith(b'{"seq":%d,"data":' % seq):
-            return _RELEASED  # a barrier's release: its data (the ranks' Nones) is not needed
-        import json
-
-        return json.loads(line)
 
     def _record(self, name: str, seq: int, arrive: float, leave: float, error: str | None) -> None:
         event = {
@@ -101,7 +144,7 @@ class _Channel:
             os.close(fd)
 
 
-#: what a barrier's release decodes to without json
+#: what a barrier's release stands for, undecoded
 _RELEASED = {"data": None}
 _PLAIN = frozenset(" !#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_`abcdefghijklmnopqrstuvwxyz{|}~")
 
@@ -112,10 +155,16 @@ def _request_line(seq: int, name: str, timeout: float, data: object) -> bytes:
     as much as the rest of its interpreter's start."""
     if data is None and timeout < 1e300 and _PLAIN.issuperset(name):
         return b'{"op":"gather","seq":%d,"name":"%s","timeout":%r,"data":null}\n' % (seq, name.encode(), timeout)
+    request = {"op": "gather", "seq": seq, "name": name, "timeout": timeout, "data": data}
     import json
 
-    request = {"op": "gather", "seq": seq, "name": name, "timeout": timeout, "data": data}
     return json.dumps(request, separators=(",", ":")).encode() + b"\n"
+
+
+def _loads(line: bytes) -> dict:
+    import json
+
+    return json.loads(line)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -185,14 +234,14 @@ def barrier(name: str | None = None, timeout: float | None = None) -> None:
     under torchrun with ``torch.distributed`` initialised it is
     ``torch.distributed.barrier()``.
     """
-    channel = _get_channel()
+    channel = _channel or _get_channel()
     if channel is None:
         dist = _torch_dist()
         if dist is None:
             raise BarrierError(_NO_LAUNCHER)
         dist.barrier()
         return
-    channel.gather(name or "", _resolve_timeout(timeout), None)
+    channel.barrier(name or "", channel.default_timeout if timeout is None else _resolve_timeout(timeout))
 
 
 _NO_LAUNCHER = (

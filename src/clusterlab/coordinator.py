@@ -22,13 +22,12 @@ module only routes.
 
 from __future__ import annotations
 
-import json
 import time
 
 from .barrier import GatherTable, Outcome
 from .output import log
 from .procs import describe_exit
-from .wire import MAX_FRAME
+from .wire import MAX_FRAME, dumps
 
 
 class Coordinator:
@@ -38,6 +37,7 @@ class Coordinator:
         self.layout, self.max_restarts, self.send = layout, max_restarts, send
         self.attempt = 0
         self.table = GatherTable(layout)
+        self._ranks_on = [layout.ranks_on(node) for node in range(layout.nnodes)]
         self.ending = False  # a stop or finish was sent
         self._done: set[int] = set()
         self._stopped: set[int] = set()
@@ -58,8 +58,9 @@ class Coordinator:
             return  # stale news from an earlier attempt, or the job is already ending
         if kind == "arrive":
             now = time.time()
+            ranks = self._ranks_on[node]
             for rank, seq, name, timeout, data in msg["items"]:
-                if rank not in self.layout.ranks_on(node) or not isinstance(seq, int) or not isinstance(timeout, (int, float)):
+                if rank not in ranks or not isinstance(seq, int) or not isinstance(timeout, (int, float)):
                     raise ValueError(f"rank {rank!r} seq {seq!r} timeout {timeout!r} is not a collective call of node{node}")
                 outcome = self.table.arrive(rank, seq, str(name), timeout, data, now)
                 if outcome:
@@ -88,8 +89,8 @@ class Coordinator:
             self._dispatch(outcome)
 
     def _dispatch(self, outcome: Outcome) -> None:
-        if outcome.error is None and self.layout.nnodes > 1:
-            size = len(json.dumps(outcome.data, separators=(",", ":")))
+        if outcome.error is None and self.layout.nnodes > 1 and any(d is not None for d in outcome.data):
+            size = len(dumps(outcome.data))
             if size > MAX_FRAME - 4096:  # the result frame could not be sent: fail the call, not the agent
                 outcome = Outcome(outcome.seq, outcome.ranks, error=(
                     f"the result of collective call #{outcome.seq} is {size} bytes as JSON, over the "

@@ -67,6 +67,11 @@ class LineBuffer:
         self._partial = b""
         self._max = max_line
 
+    @property
+    def pending(self) -> bool:
+        """Part of a line is waiting for its end."""
+        return bool(self._partial)
+
     def feed(self, data: bytes) -> list[bytes]:
         data = self._partial + data
         cut = data.rfind(b"\n") + 1

@@ -18,7 +18,6 @@ group (:mod:`clusterlab.procs`).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from .env import worker_env
 from .errors import UsageError
 from .loop import Loop, Outbox
 from .output import LineBuffer, StreamPump, prefix
-from .wire import MAX_FRAME
+from .wire import MAX_FRAME, dumps, loads
 
 TAIL_LINES = 10
 #: the largest collective request one rank may send (an 'arrive' frame carries at most two)
@@ -186,9 +185,12 @@ class WorkerGroup:
         if not data:
             self.loop.forget(w.req_fd)
             return
-        for line in w.requests.feed(data):
+        # one whole line, the usual case, needs no line buffer
+        lines = (data,) if data[-1:] == b"\n" and data.find(b"\n") == len(data) - 1 and not w.requests.pending \
+            else w.requests.feed(data)
+        for line in lines:
             try:
-                req = json.loads(line)
+                req = loads(line)
                 seq, name, timeout = int(req["seq"]), str(req["name"]), float(req["timeout"])
             except (ValueError, KeyError, TypeError, RecursionError):
                 # not from clusterlab.channel: answer at once rather than let the worker wait out its timeout
@@ -205,7 +207,7 @@ class WorkerGroup:
     def answer(self, w: Worker, seq: int, data=None, error: str | None = None) -> None:
         reply = {"seq": seq, "error": error} if error is not None else {"seq": seq, "data": data}
         w.waiting = None
-        w.reply.send(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
+        w.reply.send(dumps(reply) + b"\n")
 
     def deliver(self, seq: int, line: bytes, ranks=None) -> None:
         """Release the local workers blocked in round ``seq`` (only ``ranks``, if given) with ``line``."""
