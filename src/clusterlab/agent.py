@@ -32,6 +32,7 @@ import select
 import socket
 import time
 from collections import deque, namedtuple
+from functools import partial
 
 from . import rendezvous
 from .coordinator import Coordinator
@@ -112,20 +113,30 @@ class NodeAgent:
     def _step(self) -> None:
         now = time.monotonic()
         deadline = min(self.group.kill_at, self._next_heartbeat, self._hold_until)
+        expires = float("inf")
         if self.coordinator:  # the barrier table keeps wall-clock deadlines
-            deadline = min(deadline, now + (self.coordinator.table.next_deadline() - time.time()))
+            expires = self.coordinator.table.next_deadline()
+            if expires < float("inf"):
+                deadline = min(deadline, now + (expires - time.time()))
         self.loop.poll(min(deadline - now, self.group.poll()))
-        self._flush_arrivals(force=False)
-        self._drain_inboxes()
+        if self._arrivals:
+            self._flush_arrivals(force=False)
+        if self._inbox_master or self._inbox_agent:
+            self._drain_inboxes()
         if self.loop.signal is not None and not self._interrupt_handled:
             self._interrupted(self.loop.signal)
-        if self.coordinator:
+        if expires < float("inf") and time.time() >= expires:  # a round that began during this poll is due later
             self.coordinator.expire(time.time())
         now = time.monotonic()
-        self.group.check_deadline(now)
-        self._heartbeats(now)
-        self.group.check_idle()
-        self._drain_inboxes()
+        # (each check is guarded here: this runs on every wake-up, twice or more per barrier)
+        if now >= self.group.kill_at:
+            self.group.check_deadline(now)
+        if now >= self._next_heartbeat:
+            self._heartbeats(now)
+        if self.group.stopping:
+            self.group.check_idle()
+        if self._inbox_master or self._inbox_agent:
+            self._drain_inboxes()
 
     def _rendezvous(self) -> bool:
         cfg = self.cfg
@@ -141,7 +152,7 @@ class NodeAgent:
             for node, peer in self.peers.items():
                 self.hosts[node] = peer.host
             for peer in self.peers.values():
-                self.loop.on_read(peer.sock.fileno(), lambda p=peer: self._read_peer(p))
+                self.loop.on_read(peer.sock.fileno(), partial(self._read_peer, peer))
                 peer.send({"t": "welcome", "hosts": self.hosts})
                 peer.last_seen = time.monotonic()  # no heartbeats flow during rendezvous: the clock starts now
             return True
@@ -150,7 +161,7 @@ class NodeAgent:
             self.exit_code = result
             return False
         self.master, self.hosts, early = result
-        self.loop.on_read(self.master.sock.fileno(), lambda: self._read_peer(self.master))
+        self.loop.on_read(self.master.sock.fileno(), partial(self._read_peer, self.master))
         self._inbox_agent.extend(early)
         return True
 

@@ -89,7 +89,7 @@ class Coordinator:
             self._dispatch(outcome)
 
     def _dispatch(self, outcome: Outcome) -> None:
-        if outcome.error is None and self.layout.nnodes > 1 and any(d is not None for d in outcome.data):
+        if outcome.error is None and self.layout.nnodes > 1 and outcome.data.count(None) != len(outcome.data):
             size = len(dumps(outcome.data))
             if size > MAX_FRAME - 4096:  # the result frame could not be sent: fail the call, not the agent
                 outcome = Outcome(outcome.seq, outcome.ranks, error=(

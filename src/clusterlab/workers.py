@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import time
+from functools import partial
 
 from . import procs
 from .env import worker_env
@@ -67,6 +68,7 @@ class WorkerGroup:
         # the sweeps find them; children this process had before (an in-process launch) are spared.
         self._foreign = {p.pid for p in procs.descendants([os.getpid()])}
         self._subreaper = False
+        self._all_pidfds = True  # every worker's exit is an event: poll() need not look
 
     # ------------------------------------------------------------------ start
     def start(self, attempt: int, tick=lambda: None) -> None:
@@ -108,10 +110,11 @@ class WorkerGroup:
             for stream in ("stdout", "stderr"):
                 fd = getattr(proc, stream).fileno()
                 os.set_blocking(fd, False)
-                self.loop.on_read(fd, lambda w=w: self._read_output(w))
-            self.loop.on_read(req_r, lambda w=w: self._read_request(w))
+                self.loop.on_read(fd, partial(self._read_output, w))
+            self.loop.on_read(req_r, partial(self._read_request, w))
             if pidfd is not None:
-                self.loop.on_read(pidfd, lambda w=w: self._reap(w))
+                self.loop.on_read(pidfd, partial(self._reap, w))
+        self._all_pidfds = all(w.pidfd is not None for w in self.workers)
         if not self._subreaper:
             # Set once the workers are on their way, so loading ctypes for it does not delay them;
             # a grandchild can only be orphaned once its worker has run for a while anyway.
@@ -239,7 +242,7 @@ class WorkerGroup:
 
     def poll(self) -> float:
         """Find exits the pidfds cannot report; returns how long the loop may sleep."""
-        if all(w.pidfd is not None or w.returncode is not None for w in self.workers):
+        if self._all_pidfds:
             return 5.0
         for w in self.workers:
             if w.returncode is None and w.proc.poll() is not None:
