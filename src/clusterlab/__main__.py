@@ -1,7 +1,5 @@
 """``python -m clusterlab`` is the ``clusterlab`` command."""
 
-import sys
+from .cli import console
 
-from .cli import main
-
-sys.exit(main())
+console()

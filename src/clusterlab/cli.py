@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import UsageError
@@ -30,10 +31,42 @@ COMMAND_MODULES = (
 _HOME = {"launch": "clusterlab.run", "simulate": "clusterlab.run", "env": "clusterlab.env"}
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without importing :mod:`shutil`.
+
+    argparse builds a formatter for every ``add_argument`` call, and the stock one
+    imports shutil to measure the terminal: ~3 ms on the start-up of every job.
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None):
+        if width is None:
+            width = _columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class RawDescriptionHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """:class:`argparse.RawDescriptionHelpFormatter`, sized like :class:`HelpFormatter`."""
+
+
+def _columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size`` finds it: $COLUMNS, the terminal, or 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", 0))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 def get_args_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given ``argv`` whose first word is a core subcommand, only that module's part."""
     parser = argparse.ArgumentParser(
         prog="clusterlab",
+        formatter_class=HelpFormatter,
         description="Multi-Node Distributed Training Simulation (LOCAL): launch, inspect and "
         "break multi-node jobs on one machine.",
     )
@@ -65,5 +98,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def console() -> None:
+    """The ``clusterlab`` console script: :func:`main`, and for a launch a quick exit.
+
+    A launcher that has returned has reaped its agents and workers and closed
+    its sockets; tearing down the interpreter's modules after that would add
+    ~5 ms to every job (docs/performance.md). Other subcommands exit normally,
+    so their ``atexit`` clean-ups run.
+    """
+    code = main()
+    if sys.argv[1:2] in (["launch"], ["simulate"]):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()

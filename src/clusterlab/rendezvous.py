@@ -217,7 +217,9 @@ def join(loop: Loop, cfg, node_rank: int, hostname: str, log, announce: bool) ->
                 "or raise --rdzv-timeout")
             return 1
         try:
-            sock = socket.create_connection((addr, port), timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+            # an ASCII name as bytes: a str would go through the idna codec, whose import costs ~2 ms
+            host = addr.encode() if addr.isascii() else addr
+            sock = socket.create_connection((host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic())))
             break
         except socket.gaierror as exc:
             raise UsageError(f"--master-addr {addr!r} does not resolve ({exc.strerror})") from None
