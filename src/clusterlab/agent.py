@@ -68,13 +68,14 @@ class NodeAgent:
     """Runs one node: rendezvous, workers, collectives, failure handling."""
 
     def __init__(self, config: AgentConfig, node_rank: int, hostname: str | None = None,
-                 listener: socket.socket | None = None, print_summary: bool = True) -> None:
+                 listener: socket.socket | None = None, print_summary: bool = True, lifeline: int | None = None) -> None:
         config.layout.check_node_rank(node_rank)
         self.cfg, self.layout, self.node_rank = config, config.layout, node_rank
         self.hostname = hostname or socket.gethostname()
         self.is_master = node_rank == 0
         self.listener = listener
         self.print_summary = print_summary
+        self.lifeline = lifeline  # a pipe whose EOF means the launcher that started this agent died
         self.loop = Loop()
         self.group: WorkerGroup | None = None
         self.coordinator = Coordinator(self.layout, config.max_restarts, self._to_node) if self.is_master else None
@@ -96,6 +97,8 @@ class NodeAgent:
     def run(self) -> int:
         """Run this node to the end; return the exit status for the process."""
         self.loop.catch_signals()
+        if self.lifeline is not None:
+            self.loop.on_read(self.lifeline, self._launcher_gone)
         self.group = WorkerGroup(self.loop, self.cfg, self.node_rank, self.hostname,
                                  self._on_request, self._on_worker_exit)
         try:
@@ -321,6 +324,17 @@ class NodeAgent:
         else:
             self._to_master({"t": "abort", "reason": reason, "code": 128 + signum})
             self.group.after_stop(lambda: self._exit(128 + signum))
+
+    def _launcher_gone(self) -> None:
+        """The launcher died (its end of the lifeline closed): stop this node as on SIGHUP."""
+        self.loop.forget(self.lifeline)
+        os.close(self.lifeline)
+        self.lifeline = None
+        log(f"node{self.node_rank}: the launcher is gone; stopping this node's workers")
+        if self.loop.signal is None:
+            import signal
+
+            self.loop.signal = signal.SIGHUP
 
     def _exit(self, code: int) -> None:
         if self.exit_code is None:

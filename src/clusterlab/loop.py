@@ -90,8 +90,11 @@ class Loop:
         os.set_blocking(rfd, False)
         signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
         self.on_read(rfd, lambda: os.read(rfd, 512))
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        caught = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        for sig in caught:
             signal.signal(sig, self._on_signal)
+        # `clusterlab simulate` forks its agents with these blocked: any that came meanwhile land now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, caught)
 
     def _on_signal(self, signum, _frame) -> None:
         if self.signal is None:

@@ -172,7 +172,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     if not 0 <= args.term_timeout < float("inf"):  # nan would mean: never SIGKILL a worker that ignores SIGTERM
         raise UsageError(f"--term-timeout={args.term_timeout} must be 0 or more seconds (a finite number)")
     try:
-        args.master_addr.encode("idna")  # what socket.getaddrinfo does; it raises UnicodeError, not gaierror
+        # what socket.getaddrinfo does (it raises UnicodeError, not gaierror); for a plain ASCII
+        # name, checked without the idna codec, whose import costs every launch ~2 ms
+        if not (args.master_addr.isascii() and all(0 < len(p) < 64 for p in args.master_addr.rstrip(".").split("."))):
+            args.master_addr.encode("idna")
     except UnicodeError:
         raise UsageError(f"--master-addr={args.master_addr!r} is not a valid host name; use an address "
                          "such as 127.0.0.1 or a name whose parts have at most 63 characters") from None
@@ -241,7 +244,7 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
     hosts. This process only supervises: it forwards SIGINT/SIGTERM, reaps the
     agents and returns the job's exit status.
     """
-    from .procs import descendants, describe_exit, set_pdeathsig, set_subreaper, setpriv_prefix, sweep
+    from .procs import descendants, describe_exit, set_subreaper, setpriv_prefix, sweep
 
     setpriv_prefix()  # probe once here, not once in each forked agent
 
@@ -255,20 +258,23 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
     # If an agent is SIGKILLed, its workers die with it (PR_SET_PDEATHSIG) but their setsid()
     # grandchildren would be re-parented to init: adopt them here and sweep them at the end.
     foreign = {p.pid for p in descendants([os.getpid()])}
-    set_subreaper(True)
-    supervisor = os.getpid()
+    # The agents' lifeline: this process holds the only write end and never writes. If it dies,
+    # even by SIGKILL, every agent reads EOF and stops its node as if it got SIGHUP.
+    lifeline, hold = os.pipe()
+    # Ctrl-C or SIGTERM during the forks waits (blocked) until this process forwards such signals,
+    # and each agent receives them only once its own handlers are in (Loop.catch_signals unblocks).
+    caught = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, caught)
     for node in range(config.layout.nnodes):
         pid = os.fork()
         if pid == 0:  # the agent of simulated node `node`
             code = 1
             try:
-                set_pdeathsig(signal.SIGKILL)
-                if os.getppid() != supervisor:  # the supervisor died before prctl took effect
-                    os._exit(1)
+                os.close(hold)
                 if node:
                     listener.close()
                 agent = NodeAgent(config, node, hostname=f"node{node}", listener=listener if node == 0 else None,
-                                  print_summary=node == 0)
+                                  print_summary=node == 0, lifeline=lifeline)
                 code = agent.run()
             except UsageError as exc:
                 log(f"node{node}: error: {exc}")
@@ -281,6 +287,7 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
                 os._exit(code)
         children[pid] = node
     listener.close()
+    os.close(lifeline)
 
     received: list[int] = []
 
@@ -292,7 +299,11 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
             except ProcessLookupError:
                 pass
 
-    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    old = {sig: signal.signal(sig, forward) for sig in caught}
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, caught)
+    # Only now, so that loading ctypes for it delays neither the agents nor the signal handlers;
+    # no worker (let alone a grandchild) can have been orphaned yet.
+    set_subreaper(True)
     codes: dict[int, int] = {}
     try:
         while len(codes) < len(children):
@@ -315,7 +326,9 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
 
 
 def register(sub) -> None:
-    common = dict(formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .cli import RawDescriptionHelpFormatter
+
+    common = dict(formatter_class=RawDescriptionHelpFormatter)
     p = sub.add_parser("launch", help="run one node's agent (torchrun's command line)",
                        description="Run this node's agent and its workers; agents of the other nodes "
                        "join it over TCP.\n" + __doc__.split("**Definitions**")[0].split("**Usage**")[1], **common)

@@ -79,47 +79,63 @@ class WorkerGroup:
         if cfg.barrier_trace:
             base["CLUSTERLAB_TRACE"] = os.path.abspath(cfg.barrier_trace)
         base["CLUSTERLAB_NODE_NAME"] = self.hostname
+        # Everything a worker needs is made first and the workers are then started back to
+        # back: once the first interpreters are starting, they take the CPUs, and an agent
+        # that did more work between spawns would start its last rank tens of ms later.
+        plans = []
         for local_rank in range(layout.nproc_per_node):
-            tick()
-            rank = layout.global_rank(self.node_rank, local_rank)
             env = dict(base)
             env.update(worker_env(
                 layout, self.node_rank, local_rank, master_addr=cfg.master_addr, master_port=cfg.master_port,
                 role=cfg.role, restart_count=attempt, max_restarts=cfg.max_restarts, run_id=cfg.run_id,
                 omp_num_threads=base.get("OMP_NUM_THREADS"),
             ))
-            req_r, req_w = os.pipe()
-            rep_r, rep_w = os.pipe()
-            env["CLUSTERLAB_CHANNEL"] = f"{req_w},{rep_r}"
-            try:
-                proc = procs.spawn(list(cfg.argv), env, pass_fds=(req_w, rep_r))
-            except OSError as exc:
-                for fd in (req_r, req_w, rep_r, rep_w):
-                    os.close(fd)
-                raise UsageError(f"cannot start {cfg.argv[0]!r}: {exc.strerror}") from None
-            os.close(req_w)
-            os.close(rep_r)
-            os.set_blocking(rep_w, False)
-            os.set_blocking(req_r, False)
-            try:
-                pidfd = os.pidfd_open(proc.pid)
-            except (AttributeError, OSError):
-                pidfd = None  # no pidfd (old kernel): poll() finds exits instead
-            w = Worker(local_rank, rank, proc, req_r, Outbox(self.loop, rep_w), self._pumps(attempt, local_rank, rank), pidfd)
-            self.workers.append(w)
-            for stream in ("stdout", "stderr"):
-                fd = getattr(proc, stream).fileno()
-                os.set_blocking(fd, False)
-                self.loop.on_read(fd, partial(self._read_output, w))
-            self.loop.on_read(req_r, partial(self._read_request, w))
-            if pidfd is not None:
-                self.loop.on_read(pidfd, partial(self._reap, w))
+            plans.append((local_rank, env))
+        argv = list(cfg.argv)
+        started = []
+        try:
+            for local_rank, env in plans:
+                tick()
+                req_r, req_w = os.pipe()
+                rep_r, rep_w = os.pipe()
+                env["CLUSTERLAB_CHANNEL"] = f"{req_w},{rep_r}"
+                try:
+                    proc = procs.spawn(argv, env, pass_fds=(req_w, rep_r))
+                except OSError as exc:
+                    for fd in (req_r, req_w, rep_r, rep_w):
+                        os.close(fd)
+                    raise UsageError(f"cannot start {cfg.argv[0]!r}: {exc.strerror}") from None
+                os.close(req_w)
+                os.close(rep_r)
+                started.append((local_rank, proc, req_r, rep_w))
+        finally:
+            for local_rank, proc, req_r, rep_w in started:
+                self._add(attempt, local_rank, proc, req_r, rep_w)
         self._all_pidfds = all(w.pidfd is not None for w in self.workers)
         if not self._subreaper:
             # Set once the workers are on their way, so loading ctypes for it does not delay them;
             # a grandchild can only be orphaned once its worker has run for a while anyway.
             procs.set_subreaper(True)
             self._subreaper = True
+
+    def _add(self, attempt: int, local_rank: int, proc: subprocess.Popen, req_r: int, rep_w: int) -> None:
+        """Watch a started worker: its output, its requests, its exit."""
+        rank = self.cfg.layout.global_rank(self.node_rank, local_rank)
+        os.set_blocking(rep_w, False)
+        os.set_blocking(req_r, False)
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            pidfd = None  # no pidfd (old kernel): poll() finds exits instead
+        w = Worker(local_rank, rank, proc, req_r, Outbox(self.loop, rep_w), self._pumps(attempt, local_rank, rank), pidfd)
+        self.workers.append(w)
+        for stream in ("stdout", "stderr"):
+            fd = getattr(proc, stream).fileno()
+            os.set_blocking(fd, False)
+            self.loop.on_read(fd, partial(self._read_output, w))
+        self.loop.on_read(req_r, partial(self._read_request, w))
+        if pidfd is not None:
+            self.loop.on_read(pidfd, partial(self._reap, w))
 
     def _pumps(self, attempt: int, local_rank: int, rank: int) -> dict:
         cfg = self.cfg

@@ -192,10 +192,15 @@ class Job:
         return t0
 
     def signal_launchers(self, sig: int) -> float:
+        """Send ``sig`` to every launcher still running; :attr:`signalled` names their nodes."""
         t0 = time.time()
-        for launcher in self.launchers.values():
+        self.signalled = set()
+        for node, launcher in self.launchers.items():
+            if launcher.proc.poll() is not None:
+                continue  # it had already finished (a node whose teardown was quick)
             try:
                 launcher.proc.send_signal(sig)
+                self.signalled.add(node)
             except ProcessLookupError:
                 pass
         return t0

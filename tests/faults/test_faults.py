@@ -258,8 +258,15 @@ def test_signal_to_the_launcher(tmp_path, mode, sig, moment):
     t0 = job.signal_launchers(sig)
     codes = job.finish()
     # 128+N from the agent's handler; -N if the signal landed after an agent restored the default
-    # action at the very end of its shutdown (nothing was left to stop): a shell shows 128+N for both
-    assert set(codes.values()) <= {128 + sig, -sig} and 128 + sig in codes.values(), job.text
+    # action at the very end of its shutdown (nothing was left to stop): a shell shows 128+N for both.
+    # During a teardown a node whose workers stopped at once may have finished, with the job's own
+    # status, before the signal was sent; under `launch` that is a launcher of its own.
+    for node, code in codes.items():
+        if node in job.signalled:
+            assert code in {128 + sig, -sig}, (node, code, job.text)
+        else:
+            assert moment == "teardown" and code == 1, (node, code, job.text)
+    assert 128 + sig in [codes[node] for node in job.signalled], job.text
     _no_traceback(job.text)
     if moment == "work" or mode == "launch" and moment == "rendezvous":
         # (simulate's rendezvous takes milliseconds: there the signal may land in any phase, and the
