@@ -5,9 +5,10 @@ signal to the group reaches the worker *and* anything it started (data loader
 processes, shells). On Linux each worker also asks the kernel for
 ``PR_SET_PDEATHSIG``: if its agent dies, even by SIGKILL, the worker is killed
 too and never outlives the job. util-linux's ``setpriv --pdeathsig KILL`` sets it
-right before exec'ing the worker, which lets :mod:`subprocess` use vfork; without
-setpriv, a ``preexec_fn`` sets it, which forces a full fork of the agent and runs
-Python in the child: 3.4 ms of CPU per worker against 2.0 ms (docs/performance.md).
+right before exec'ing the worker, so a worker starts with :func:`os.posix_spawn`
+(a vfork); without setpriv, a ``preexec_fn`` sets it, which forces a full fork of
+the agent and runs Python in the child: 3.4 ms of CPU per worker against 2.0 ms
+(docs/performance.md).
 
 Stopping follows torchrun's shape: SIGTERM to every group, a grace period, then
 SIGKILL to whatever is still alive, including descendants that left the group
@@ -19,7 +20,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -165,35 +165,162 @@ def _has_option(path: str, option: bytes) -> bool:
         return False
 
 
-def spawn(argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = (), cwd: str | None = None) -> subprocess.Popen:
-    """Start one worker in its own session, stdout and stderr piped to us, stdin closed."""
+class Process:
+    """A started worker: the part of :class:`subprocess.Popen` clusterlab uses.
+
+    Workers are started with :func:`os.posix_spawn` (a vfork and an exec, as
+    ``Popen`` does) rather than through :mod:`subprocess`, whose import - with
+    threading and selectors - cost the start-up of every job ~4 ms
+    (docs/performance.md). Where ``popen`` is given (the ``prctl`` fallback),
+    it does the reaping.
+    """
+
+    def __init__(self, pid: int, args: list[str], stdout, stderr, popen=None) -> None:
+        self.pid, self.args, self.stdout, self.stderr, self._popen = pid, args, stdout, stderr, popen
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """The exit status (``-N`` for signal N) if the process has exited, else None."""
+        if self.returncode is None:
+            self._reap(block=False)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the exit; :class:`TimeoutError` if it does not come within ``timeout`` seconds."""
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            while self.poll() is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"process {self.pid} is still running after {timeout:g}s")
+                _sleep_until_exit(self.pid, left)
+        if self.returncode is None:
+            self._reap(block=True)
+        return self.returncode
+
+    def _reap(self, block: bool) -> None:
+        if self._popen is not None:
+            self.returncode = self._popen.wait() if block else self._popen.poll()
+            return
+        try:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere (srun reads statuses with waitid): as Popen does, 0
+            self.returncode = 0
+            return
+        if pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+
+
+def _sleep_until_exit(pid: int, timeout: float) -> None:
+    """Sleep until ``pid`` exits or ``timeout`` seconds pass (on a pidfd where there is one)."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        time.sleep(min(timeout, 0.01))
+        return
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+
+
+#: signals Python ignores for itself that a worker must start with at their default action
+_DEFAULT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, n))
+
+
+def spawn(argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = (), cwd: str | None = None) -> Process:
+    """Start one worker in its own session, stdout and stderr piped to us, stdin closed.
+
+    What :class:`subprocess.Popen` does with ``start_new_session=True``,
+    ``pass_fds`` and ``restore_signals``, plus ``PR_SET_PDEATHSIG``; a missing
+    or non-executable program is an :class:`OSError` here, not an exit status later.
+    """
+    program = argv[0]
+    if cwd is not None and os.sep in program and not os.path.isabs(program):
+        program = os.path.join(cwd, program)  # Popen's rule: a relative path is relative to cwd
+    path = _which(program, env.get("PATH", os.defpath))
+    if path is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
     prefix = setpriv_prefix()
-    if prefix:
-        # setpriv would report a missing program only after the fact: keep the OSError
-        if cwd is None and _which(argv[0], env.get("PATH", os.defpath)) is None:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
-        # Not covered: an agent killed in the ~1 ms between vfork and setpriv's prctl. Under
-        # `simulate` the launcher, a subreaper, adopts and sweeps such a worker.
-        return subprocess.Popen(prefix + list(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds,
-                                start_new_session=True)
-    if sys.platform.startswith("linux") and _libc is None:
+    if not prefix and sys.platform.startswith("linux"):
+        return _spawn_with_prctl(path, argv, env, pass_fds, cwd)
+    # Not covered: an agent killed in the ~1 ms between the spawn and setpriv's prctl. Under
+    # `simulate` the launcher, a subreaper, adopts and sweeps such a worker.
+    program, args = (prefix[0], [*prefix, *argv]) if prefix else (path, list(argv))
+    _no_fd_leaks()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
+    here = os.getcwd() if cwd is not None else None
+    try:
+        for fd in pass_fds:
+            os.set_inheritable(fd, True)
+        if cwd is not None:
+            os.chdir(cwd)  # Python's posix_spawn has no chdir action: the child inherits ours
+        pid = os.posix_spawn(program, args, env, file_actions=actions, setsid=True,
+                             setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        if here is not None:
+            os.chdir(here)
+        for fd in pass_fds:
+            os.set_inheritable(fd, False)
+        os.close(out_w)
+        os.close(err_w)
+    return Process(pid, args, open(out_r, "rb", buffering=0), open(err_r, "rb", buffering=0))
+
+
+_fds_checked = False
+
+
+def _no_fd_leaks() -> None:
+    """Make every descriptor this process inherited (beyond 0-2) close on exec, once.
+
+    Python opens its own descriptors close-on-exec (PEP 446), but a shell or
+    ``make`` may hand the launcher inheritable ones, and unlike ``Popen``'s
+    ``close_fds``, posix_spawn would pass them on to every worker (a pipe held
+    open by a worker never reports EOF to its reader).
+    """
+    global _fds_checked
+    if _fds_checked:
+        return
+    _fds_checked = True
+    try:
+        fds = [int(x) for x in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = range(3, 256)
+    for fd in fds:
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+            except OSError:
+                pass
+
+
+def _spawn_with_prctl(path: str, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...],
+                      cwd: str | None) -> Process:
+    """Without setpriv's ``--pdeathsig``: a ``preexec_fn`` calls ``prctl`` in the forked child.
+    It forces a full fork of the agent and runs Python in it: 3.4 ms of CPU per worker
+    against 2.0 ms (docs/performance.md)."""
+    import subprocess
+
+    if _libc is None:
         set_pdeathsig(0)  # load libc here, once, not in the forked child
     parent = os.getpid()
-    return subprocess.Popen(
-        argv,
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        pass_fds=pass_fds,
-        start_new_session=True,
-        preexec_fn=(lambda: _child_setup(parent)) if sys.platform.startswith("linux") else None,
-    )
+    popen = subprocess.Popen(list(argv), executable=path, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds,
+                             start_new_session=True, preexec_fn=lambda: _child_setup(parent))
+    return Process(popen.pid, popen.args, popen.stdout, popen.stderr, popen)
 
 
-def signal_group(proc: subprocess.Popen, sig: int) -> None:
+def signal_group(proc: Process, sig: int) -> None:
     """Send ``sig`` to the worker's whole process group (it leads its own)."""
     try:
         os.killpg(proc.pid, sig)
@@ -227,7 +354,7 @@ def kill_all(procs) -> None:
             pass
 
 
-def stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
+def stop(procs: list[Process], grace: float = 5.0) -> None:
     """Blocking helper: SIGTERM every group, wait up to ``grace`` seconds, SIGKILL the rest."""
     live = [p for p in procs if p.poll() is None]
     family = descendants([p.pid for p in live])
@@ -237,7 +364,7 @@ def stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
     for p in live:
         try:
             p.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        except TimeoutError:
             signal_group(p, signal.SIGKILL)
             p.wait()
     kill_all(family)

@@ -265,6 +265,8 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
     # and each agent receives them only once its own handlers are in (Loop.catch_signals unblocks).
     caught = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     signal.pthread_sigmask(signal.SIG_BLOCK, caught)
+    # Before the forks: the agents inherit the loaded libc (ctypes), which they need too.
+    set_subreaper(True)
     for node in range(config.layout.nnodes):
         pid = os.fork()
         if pid == 0:  # the agent of simulated node `node`
@@ -301,9 +303,6 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
 
     old = {sig: signal.signal(sig, forward) for sig in caught}
     signal.pthread_sigmask(signal.SIG_UNBLOCK, caught)
-    # Only now, so that loading ctypes for it delays neither the agents nor the signal handlers;
-    # no worker (let alone a grandchild) can have been orphaned yet.
-    set_subreaper(True)
     codes: dict[int, int] = {}
     try:
         while len(codes) < len(children):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from functools import partial
 
@@ -39,7 +38,7 @@ MAX_ARRIVAL = MAX_FRAME // 2 - 4096
 class Worker:
     """One worker process and its four channels."""
 
-    def __init__(self, local_rank: int, rank: int, proc: subprocess.Popen, req_fd: int, reply: Outbox,
+    def __init__(self, local_rank: int, rank: int, proc: procs.Process, req_fd: int, reply: Outbox,
                  pumps: dict, pidfd: int | None) -> None:
         self.local_rank, self.rank, self.proc = local_rank, rank, proc
         self.req_fd, self.reply, self.pumps, self.pidfd = req_fd, reply, pumps, pidfd
@@ -118,7 +117,7 @@ class WorkerGroup:
             procs.set_subreaper(True)
             self._subreaper = True
 
-    def _add(self, attempt: int, local_rank: int, proc: subprocess.Popen, req_r: int, rep_w: int) -> None:
+    def _add(self, attempt: int, local_rank: int, proc: procs.Process, req_r: int, rep_w: int) -> None:
         """Watch a started worker: its output, its requests, its exit."""
         rank = self.cfg.layout.global_rank(self.node_rank, local_rank)
         os.set_blocking(rep_w, False)
@@ -241,7 +240,7 @@ class WorkerGroup:
             return
         try:
             w.proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
+        except TimeoutError:
             return
         w.returncode = w.proc.returncode
         if w.pidfd is not None:
