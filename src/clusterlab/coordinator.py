@@ -58,13 +58,8 @@ class Coordinator:
             return  # stale news from an earlier attempt, or the job is already ending
         if kind == "arrive":
             now = time.time()
-            ranks = self._ranks_on[node]
-            for rank, seq, name, timeout, data in msg["items"]:
-                if rank not in ranks or not isinstance(seq, int) or not isinstance(timeout, (int, float)):
-                    raise ValueError(f"rank {rank!r} seq {seq!r} timeout {timeout!r} is not a collective call of node{node}")
-                outcome = self.table.arrive(rank, seq, str(name), timeout, data, now)
-                if outcome:
-                    self._dispatch(outcome)
+            for outcome in self.table.arrive_all(msg["items"], now, self._ranks_on[node]):
+                self._dispatch(outcome)
         elif kind == "exited":
             rank = msg["rank"]
             if rank not in self.layout.ranks_on(node):
