@@ -90,11 +90,12 @@ def markdown(r: dict) -> str:
                   "| " + " | ".join(_cell(p.get(k), scale=1e3) for k in ("floor", "clusterlab", "torchrun", "mpirun")) + " |", ""]
     if "barrier" in r:
         lines += ["**2. Barrier latency**, microseconds per barrier: mean / p99", "",
-                  "| world (nodes x ranks) | clusterlab | multiprocessing.Barrier | torch gloo | mpi4py (OpenMPI) |",
-                  "| --- | --- | --- | --- | --- |"]
+                  "| world (nodes x ranks) | clusterlab | Python relay floor | multiprocessing.Barrier | torch gloo "
+                  "| mpi4py (OpenMPI) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for world, w in r["barrier"].items():
             cells = []
-            for k in ("clusterlab", "multiprocessing", "gloo", "mpi4py"):
+            for k in ("clusterlab", "relay", "multiprocessing", "gloo", "mpi4py"):
                 e = w["peers"].get(k)
                 cells.append(_cell(e) if not e or "mean_us" not in e else
                              f"{_cell(e, 'mean_us')} / {e['p99_us']['median']:.0f}")

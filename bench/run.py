@@ -11,7 +11,8 @@ neighbour hurts all of them alike), repeated, reported as median and spread:
    ``mpirun -np 8`` - against the floor: 8 bare interpreters started and reaped.
 2. **barrier**: mean and p99 latency of thousands of barriers at world 2, 8 and
    32 across 2 or more nodes - clusterlab, ``multiprocessing.Barrier``, torch
-   gloo, mpi4py on OpenMPI.
+   gloo, mpi4py on OpenMPI, and the *relay floor*: the same processes and hops as
+   clusterlab's barrier in as little Python as they take (workers/relay_floor.py).
 3. **scale**: 64 nodes x 8 = 512 ranks, launch + barrier + exit, against 512 bare
    interpreters; peak memory of the launcher (supervisor, agents) and per rank.
 4. **site**: one full ``mkdocs build --strict``.
@@ -133,6 +134,7 @@ def _barrier_stats(finished) -> dict:
 
 def fig_barrier(worlds: list[tuple[int, int]], n: int, warmup: int, repeats: int, timeout: float) -> dict:
     loop = str(WORKERS / "barrier_loop.py")
+    relay = str(WORKERS / "relay_floor.py")
     out = {}
     for nnodes, nproc in worlds:
         world = nnodes * nproc
@@ -140,6 +142,7 @@ def fig_barrier(worlds: list[tuple[int, int]], n: int, warmup: int, repeats: int
         args = (str(rounds), str(warmup))
         peers = {
             "clusterlab": (None, lambda: _barrier_stats(run_together([simulate(nnodes, nproc, loop, "clusterlab", *args)], timeout))),
+            "relay": (None, lambda: _barrier_stats(run_together([[PYTHON, relay, str(nnodes), str(nproc), *args]], timeout))),
             "multiprocessing": (None, lambda: _barrier_stats(run_together([[PYTHON, loop, "mp", *args, str(world)]], timeout))),
             "gloo": (missing("torch"), lambda: _barrier_stats(run_together([simulate(nnodes, nproc, loop, "gloo", *args)], timeout))),
             "mpi4py": (missing("mpi4py"), lambda: _barrier_stats(run_together([mpirun_cmd(world, loop, "mpi", *args)], timeout))),

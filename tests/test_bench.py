@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ("launch", "barrier", "scale", "site")
 PEERS = {
     "launch": {"floor", "clusterlab", "torchrun", "mpirun"},
-    "barrier": {"clusterlab", "multiprocessing", "gloo", "mpi4py"},
+    "barrier": {"clusterlab", "relay", "multiprocessing", "gloo", "mpi4py"},
     "scale": {"floor", "clusterlab"},
 }
 

@@ -1,7 +1,9 @@
 """ZeRO memory: the paper's Table 1 and Figure 1, and DeepSpeed's estimators against its documented sample.
 
 References are typed in from the sources, not computed:
-* Table 1 of Rajbhandari et al., arXiv:1910.02054 (per-device GB, GB = 1e9 bytes);
+* Table 1 of Rajbhandari et al., arXiv:1910.02054 (per-device GB, GB = 1e9 bytes); all 54
+  cells checked on 2026-11-24 against two independent text copies of the paper (arXiv
+  itself was unreachable from the build machine);
 * DeepSpeed docs/code-docs/source/memory.rst ("Memory Requirements").
 """
 

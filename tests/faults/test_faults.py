@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 
 import pytest
 
@@ -151,6 +152,22 @@ def test_master_agent_sigkilled(tmp_path, mode):
     assert elapsed < AGENT_LOST_BOUND, f"{elapsed:.2f}s"
     assert_gone(family)
     job.check_logs(complete=True)
+
+
+def test_simulate_launcher_sigkilled(tmp_path):
+    """`clusterlab simulate` itself dies by SIGKILL: its agents read EOF on their lifeline
+    pipe and stop their nodes as on SIGHUP, so nothing outlives it."""
+    job = Job("simulate", tmp_path, "wait")
+    job.wait_ready()
+    family = job.family()
+    t0 = time.time()
+    job.launchers[0].proc.kill()
+    job.finish()  # its output pipe closes once the agents, which share it, have exited too
+    assert job.exited_at() - t0 < SIGNAL_BOUND, f"{job.exited_at() - t0:.2f}s"
+    for node in (0, 1):
+        assert f"node{node}: the launcher is gone; stopping this node's workers" in job.text, job.text
+    _no_traceback(job.text)
+    assert_gone(family)
 
 
 def test_frozen_agent_is_caught_by_the_heartbeat(tmp_path):
