@@ -56,3 +56,38 @@ def test_line_buffer_keeps_lines_whole_and_bounds_memory():
     assert buf.feed(b"ab") == [] and buf.feed(b"c\nde") == [b"abc\n"]
     assert buf.feed(b"x" * 25) == [b"de" + b"x" * 8 + b"\n", b"x" * 10 + b"\n"]  # cut at 10 bytes, never more held
     assert buf.flush() == [b"x" * 7 + b"\n"]
+
+
+# JSON values as the agents carry them (all_gather_object data, messages): the reference is
+# the json module itself, whose C scanner and encoder wire.loads/dumps call directly.
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(_json_values)
+def test_dumps_and_loads_agree_with_the_json_module(value):
+    import json
+
+    from clusterlab.wire import dumps, loads
+
+    assert dumps(value) == json.dumps(value, separators=(",", ":")).encode()
+    assert loads(dumps(value)) == json.loads(json.dumps(value))
+    assert loads(dumps(value) + b"\n") == json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize("text", [b"", b" ", b"nope", b'{"a":1} x', b'{"a":1}{"b":2}', b"\xff", b"[1,", b'{"a":1}\n\n'])
+def test_loads_fails_or_succeeds_exactly_as_json_loads(text):
+    import json
+
+    from clusterlab.wire import loads
+
+    try:
+        expected = json.loads(text)
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            loads(text)
+    else:
+        assert loads(text) == expected
