@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
 import time
 from collections import deque, namedtuple
@@ -315,8 +316,6 @@ class NodeAgent:
         self._to_master({"t": "stopped", "attempt": self.attempt})
 
     def _interrupted(self, signum: int) -> None:
-        import signal
-
         self._interrupt_handled = True
         reason = f"interrupted by {signal.Signals(signum).name} on node{self.node_rank}"
         if self.is_master:
@@ -332,8 +331,6 @@ class NodeAgent:
         self.lifeline = None
         log(f"node{self.node_rank}: the launcher is gone; stopping this node's workers")
         if self.loop.signal is None:
-            import signal
-
             self.loop.signal = signal.SIGHUP
 
     def _exit(self, code: int) -> None:

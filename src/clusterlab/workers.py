@@ -80,8 +80,8 @@ class WorkerGroup:
             base["CLUSTERLAB_TRACE"] = os.path.abspath(cfg.barrier_trace)
         base["CLUSTERLAB_NODE_NAME"] = self.hostname
         # Everything a worker needs is made first and the workers are then started back to
-        # back: once the first interpreters are starting, they take the CPUs, and an agent
-        # that did more work between spawns would start its last rank tens of ms later.
+        # back: once the first interpreters are starting they compete with this agent for
+        # the CPUs, so it does as little as it can between spawns.
         plans = []
         for local_rank in range(layout.nproc_per_node):
             env = dict(base)
