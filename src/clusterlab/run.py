@@ -258,39 +258,6 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
     # If an agent is SIGKILLed, its workers die with it (PR_SET_PDEATHSIG) but their setsid()
     # grandchildren would be re-parented to init: adopt them here and sweep them at the end.
     foreign = {p.pid for p in descendants([os.getpid()])}
-    # The agents' lifeline: this process holds the only write end and never writes. If it dies,
-    # even by SIGKILL, every agent reads EOF and stops its node as if it got SIGHUP.
-    lifeline, hold = os.pipe()
-    # Ctrl-C or SIGTERM during the forks waits (blocked) until this process forwards such signals,
-    # and each agent receives them only once its own handlers are in (Loop.catch_signals unblocks).
-    caught = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    signal.pthread_sigmask(signal.SIG_BLOCK, caught)
-    # Before the forks: the agents inherit the loaded libc (ctypes), which they need too.
-    set_subreaper(True)
-    for node in range(config.layout.nnodes):
-        pid = os.fork()
-        if pid == 0:  # the agent of simulated node `node`
-            code = 1
-            try:
-                os.close(hold)
-                if node:
-                    listener.close()
-                agent = NodeAgent(config, node, hostname=f"node{node}", listener=listener if node == 0 else None,
-                                  print_summary=node == 0, lifeline=lifeline)
-                code = agent.run()
-            except UsageError as exc:
-                log(f"node{node}: error: {exc}")
-                code = 2
-            except BaseException:  # a bug in clusterlab: show it, but never fall back into the parent's code
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        children[pid] = node
-    listener.close()
-    os.close(lifeline)
-
     received: list[int] = []
 
     def forward(signum, _frame):
@@ -301,8 +268,42 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
             except ProcessLookupError:
                 pass
 
-    old = {sig: signal.signal(sig, forward) for sig in caught}
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, caught)
+    # The agents' lifeline: this process holds the only write end and never writes. If it dies,
+    # even by SIGKILL, every agent reads EOF and stops its node as if it got SIGHUP.
+    lifeline, hold = os.pipe()
+    # Ctrl-C or SIGTERM during the forks waits (blocked) until this process forwards such signals,
+    # and each agent receives them only once its own handlers are in (Loop.catch_signals unblocks).
+    caught = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, caught)
+    try:
+        # Before the forks: the agents inherit the loaded libc (ctypes), which they need too.
+        set_subreaper(True)
+        for node in range(config.layout.nnodes):
+            pid = os.fork()
+            if pid == 0:  # the agent of simulated node `node`
+                code = 1
+                try:
+                    os.close(hold)
+                    if node:
+                        listener.close()
+                    agent = NodeAgent(config, node, hostname=f"node{node}", listener=listener if node == 0 else None,
+                                      print_summary=node == 0, lifeline=lifeline)
+                    code = agent.run()
+                except UsageError as exc:
+                    log(f"node{node}: error: {exc}")
+                    code = 2
+                except BaseException:  # a bug in clusterlab: show it, but never fall back into the parent's code
+                    import traceback
+
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
+            children[pid] = node
+    finally:
+        listener.close()
+        os.close(lifeline)
+        old = {sig: signal.signal(sig, forward) for sig in caught}
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, caught)
     codes: dict[int, int] = {}
     try:
         while len(codes) < len(children):
@@ -316,6 +317,7 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+        os.close(hold)  # every agent has been reaped
         sweep(foreign)
         set_subreaper(False)
     if received:
