@@ -1,6 +1,6 @@
 """clusterlab's benchmark suite: launch, barrier, scale and site build, side by side with the peers.
 
-    python bench/run.py            # the full suite (about 10 minutes on 2 cores), or `make bench`
+    python bench/run.py            # the full suite (about 8 minutes on 2 cores), or `make bench`
     python bench/run.py --quick    # tiny sizes, a few seconds: checks that the suite runs
 
 Four figures, each measured in one run with every peer interleaved (so a noisy
