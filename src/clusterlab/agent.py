@@ -44,6 +44,9 @@ from .wire import ProtocolError, dumps
 from .workers import MAX_ARRIVAL, Worker, WorkerGroup
 
 HEARTBEAT_INTERVAL = 1.0
+#: bytes asked of a peer's socket per read. Under glibc's mmap threshold (128 KiB): a 1 MiB
+#: buffer cost an mmap, an mremap and a munmap on every message, six system calls per barrier.
+RECV_SIZE = 1 << 16
 #: the longest a node agent holds its workers' arrivals before sending an incomplete set
 ARRIVAL_HOLD = 0.005
 #: a peer silent for this long is declared lost (CLUSTERLAB_HEARTBEAT_TIMEOUT overrides)
@@ -214,7 +217,7 @@ class NodeAgent:
     # ------------------------------------------------------------------ between agents
     def _read_peer(self, peer: Peer) -> None:
         try:
-            data = peer.sock.recv(1 << 20)
+            data = peer.sock.recv(RECV_SIZE)
         except BlockingIOError:
             return
         except OSError:
