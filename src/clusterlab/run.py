@@ -236,7 +236,15 @@ def launch(config: AgentConfig, node_rank: int) -> int:
     return NodeAgent(config, node_rank, hostname=hostname, listener=listener).run()
 
 
-def simulate(config: AgentConfig, quiet: bool = False) -> int:
+def split_cpus(nnodes: int, cpus: list[int]) -> list[list[int]] | None:
+    """Each simulated node's own share of ``cpus`` (as even as it divides), or None with
+    fewer CPUs than nodes (or a single node): then every node's workers share them all."""
+    if not 1 < nnodes <= len(cpus):
+        return None
+    return [[c for i, c in enumerate(cpus) if i * nnodes // len(cpus) == node] for node in range(nnodes)]
+
+
+def simulate(config: AgentConfig, quiet: bool = False, share_cpus: bool = False) -> int:
     """Run every node's agent as its own process on this machine (``clusterlab simulate``).
 
     The agents are forked from this process, named ``node0``, ``node1``, ... and
@@ -250,8 +258,18 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
 
     listener = _bind_free(config.master_addr, config.master_port)
     config = config._replace(master_port=listener.getsockname()[1])
+    # Real nodes do not share CPUs: each simulated node (its agent and workers) gets its own
+    # share of this machine's, when there are enough. It also keeps a node's wake-ups on its
+    # own cores' caches (a 2x4 barrier on 2 cores: 260 -> 220 us).
+    shares = None
+    if not share_cpus and hasattr(os, "sched_setaffinity"):
+        shares = split_cpus(config.layout.nnodes, sorted(os.sched_getaffinity(0)))
     if not quiet:
-        log(f"simulating {config.layout} on this machine; master node0 at {config.master_addr}:{config.master_port}")
+        where = ""
+        if shares:
+            sizes = sorted({len(s) for s in shares})
+            where = f"; each node on its own {'-'.join(map(str, sizes))} of the {sum(map(len, shares))} CPUs"
+        log(f"simulating {config.layout} on this machine; master node0 at {config.master_addr}:{config.master_port}{where}")
     sys.stdout.flush()
     sys.stderr.flush()
     children: dict[int, int] = {}
@@ -284,6 +302,8 @@ def simulate(config: AgentConfig, quiet: bool = False) -> int:
                 code = 1
                 try:
                     os.close(hold)
+                    if shares:
+                        os.sched_setaffinity(0, shares[node])  # the workers inherit it
                     if node:
                         listener.close()
                     agent = NodeAgent(config, node, hostname=f"node{node}", listener=listener if node == 0 else None,
@@ -339,7 +359,10 @@ def register(sub) -> None:
                        description="Start one agent process per simulated node (node0, node1, ...) and one "
                        "world of nnodes x nproc_per_node workers.", **common)
     add_launch_args(s, with_node_rank=False)
-    s.set_defaults(func=lambda a: simulate(config_from_args(a)))
+    s.add_argument("--share-cpus", action="store_true",
+                   help="let every node's workers run on all of this machine's CPUs (default: with at least as "
+                   "many CPUs as nodes, each node gets its own share, as real nodes have their own)")
+    s.set_defaults(func=lambda a: simulate(config_from_args(a), share_cpus=a.share_cpus))
 
 
 def _node_rank(args) -> int:
