@@ -126,6 +126,9 @@ def test_all_gather_object_in_rank_order(tmp_path):
 import os, clusterlab
 got = clusterlab.all_gather_object({"r": int(os.environ["RANK"])})
 assert got == [{"r": i} for i in range(int(os.environ["WORLD_SIZE"]))], got
+# every rank gives None: a barrier's round on the wire, still a list of the world's Nones here
+got = clusterlab.all_gather_object(None)
+assert got == [None] * int(os.environ["WORLD_SIZE"]), got
 for i in range(50):
     clusterlab.barrier(f"b{i}")
 print("ok")

@@ -91,6 +91,8 @@ class NodeAgent:
         self._arrivals: list = []
         self._arrival_bytes = 0
         self._hold_until = float("inf")  # when held arrivals go to the master even if the node is incomplete
+        #: a barrier's release line for the workers, %d for its number: the world's Nones, in rank order
+        self._released = b'{"seq":%d,"data":[' + b",".join([b"null"] * self.layout.world_size) + b"]}\n"
         self._inbox_master: deque = deque()  # (node, message) for the coordinator on node 0
         self._inbox_agent: deque = deque()  # messages from the coordinator to this agent
         self._next_heartbeat = 0.0
@@ -294,9 +296,11 @@ class NodeAgent:
             seq = msg["seq"]
             if "error" in msg:
                 reply, ranks = {"seq": seq, "error": msg["error"]}, set(msg.get("ranks", ()))
+                self.group.deliver(seq, dumps(reply) + b"\n", ranks)
+            elif msg["data"] is None:  # a barrier's release: every rank's data was None
+                self.group.deliver(seq, self._released % int(seq))
             else:
-                reply, ranks = {"seq": seq, "data": msg["data"]}, None
-            self.group.deliver(seq, dumps(reply) + b"\n", ranks)
+                self.group.deliver(seq, dumps({"seq": seq, "data": msg["data"]}) + b"\n")
         elif kind == "restart":
             self.attempt = msg["attempt"]
             self.group.after_stop(self._restarted)

@@ -84,7 +84,8 @@ class Coordinator:
             self._dispatch(outcome)
 
     def _dispatch(self, outcome: Outcome) -> None:
-        if outcome.error is None and self.layout.nnodes > 1 and outcome.data.count(None) != len(outcome.data):
+        released = outcome.error is None and outcome.data.count(None) == len(outcome.data)
+        if outcome.error is None and self.layout.nnodes > 1 and not released:
             size = len(dumps(outcome.data))
             if size > MAX_FRAME - 4096:  # the result frame could not be sent: fail the call, not the agent
                 outcome = Outcome(outcome.seq, outcome.ranks, error=(
@@ -96,9 +97,12 @@ class Coordinator:
             msg["ranks"] = list(outcome.ranks)
             nodes = sorted({self.layout.locate(r)[0] for r in outcome.ranks})
         else:
-            msg["data"] = outcome.data
+            # a barrier's result (every rank gave None) travels as null: each agent knows the world size
+            msg["data"] = None if released else outcome.data
             nodes = range(self.layout.nnodes)
-        for node in nodes:
+        # The other nodes first: node 0 (this agent) releases its own workers after the messages
+        # to the others are on their way, so its ranks do not take the CPUs ahead of them.
+        for node in sorted(nodes, reverse=True):
             self.send(node, msg)
 
     def _on_failure(self, msg: dict) -> None:

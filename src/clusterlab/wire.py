@@ -18,7 +18,7 @@ import json.scanner
 import struct
 
 #: bumped whenever a message changes meaning; agents of different versions refuse each other
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: the largest frame an agent accepts (all_gather_object payloads travel in frames)
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
