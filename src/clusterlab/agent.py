@@ -108,16 +108,18 @@ class NodeAgent:
         self.group = WorkerGroup(self.loop, self.cfg, self.node_rank, self.hostname,
                                  self._on_request, self._on_worker_exit)
         try:
-            if not self._rendezvous():
-                return self.exit_code if self.exit_code is not None else 1
-            self.group.start(self.attempt, tick=self._tick)
-            while self.exit_code is None:
-                self._step()
-            # An agent that was interrupted says so in its status, even if the signal came while a
-            # failure was already being torn down (the job's own code would otherwise win).
-            return 128 + self.loop.signal if self.loop.signal is not None else self.exit_code
+            if self._rendezvous():
+                self.group.start(self.attempt, tick=self._tick)
+                while self.exit_code is None:
+                    self._step()
         finally:
             self._shutdown()
+        # An agent that was interrupted says so in its status, even if the signal came while a
+        # failure was being torn down or while this agent shut down (the job's own code would
+        # otherwise win); once it has shut down, the signal's default action takes over.
+        if self.loop.signal is not None:
+            return 128 + self.loop.signal
+        return self.exit_code if self.exit_code is not None else 1
 
     def _step(self) -> None:
         now = time.monotonic()
