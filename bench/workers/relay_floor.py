@@ -19,6 +19,8 @@ import socket
 import sys
 import time
 
+from clusterlab.run import split_cpus
+
 
 def worker(up: int, down: int, n: int, warmup: int, report: bool) -> None:
     poller = select.poll()
@@ -39,9 +41,9 @@ def worker(up: int, down: int, n: int, warmup: int, report: bool) -> None:
 
 
 def agent(node: int, nnodes: int, nproc: int, rounds: int, listener: socket.socket, n: int, warmup: int) -> None:
-    cpus = sorted(os.sched_getaffinity(0))
-    if 1 < nnodes <= len(cpus):  # each node on its own CPUs, as `clusterlab simulate` places them
-        os.sched_setaffinity(0, [c for i, c in enumerate(cpus) if i * nnodes // len(cpus) == node])
+    shares = split_cpus(nnodes, sorted(os.sched_getaffinity(0)))
+    if shares:  # each node on its own CPUs, exactly as `clusterlab simulate` places them
+        os.sched_setaffinity(0, shares[node])
     ups = [os.pipe() for _ in range(nproc)]
     downs = [os.pipe() for _ in range(nproc)]
     pids = []

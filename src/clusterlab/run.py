@@ -254,7 +254,7 @@ def simulate(config: AgentConfig, quiet: bool = False, share_cpus: bool = False)
     """
     from .procs import descendants, describe_exit, set_subreaper, setpriv_prefix, sweep
 
-    setpriv_prefix()  # probe once here, not once in each forked agent
+    setpriv_prefix()  # look setpriv up once here, not once in each forked agent
 
     listener = _bind_free(config.master_addr, config.master_port)
     config = config._replace(master_port=listener.getsockname()[1])
