@@ -285,6 +285,27 @@ clusterlab.barrier("step", timeout=600)
     assert "barrier 'step' (collective call #0) can never complete: rank 3 on node1 already exited" in res.stdout + res.stderr
 
 
+def test_second_request_while_waiting_is_refused_and_the_first_still_counts(tmp_path):
+    # clusterlab.channel waits for each answer; a writer that does not must not count twice
+    script = write(tmp_path / "twice.py", """
+import os, clusterlab
+if os.environ["RANK"] == "0":
+    w, r = (int(x) for x in os.environ["CLUSTERLAB_CHANNEL"].split(","))
+    line = b'{"op":"gather","seq":0,"name":"","timeout":60.0,"data":null}\\n'
+    os.write(w, line + line)
+    got = b""
+    while got.count(b"\\n") < 2:
+        got += os.read(r, 4096)
+    print(got.decode(), flush=True)
+else:
+    clusterlab.barrier(timeout=60)
+""")
+    res = clusterlab("simulate", "--nnodes", "1", "--nproc-per-node", "2", "--master-port", "0", str(script), timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "rank 0 sent a collective request while still in call #0" in res.stdout
+    assert '{"seq":0,"data":[null,null]}' in res.stdout
+
+
 def test_malformed_channel_request_is_answered_at_once(tmp_path):
     script = write(tmp_path / "garbage.py", """
 import os

@@ -40,7 +40,7 @@ from .coordinator import Coordinator
 from .loop import Loop
 from .output import log
 from .rendezvous import Peer
-from .wire import ProtocolError, dumps
+from .wire import ProtocolError, dumps, encode, frame
 from .workers import MAX_ARRIVAL, Worker, WorkerGroup
 
 HEARTBEAT_INTERVAL = 1.0
@@ -82,7 +82,7 @@ class NodeAgent:
         self.lifeline = lifeline  # a pipe whose EOF means the launcher that started this agent died
         self.loop = Loop()
         self.group: WorkerGroup | None = None
-        self.coordinator = Coordinator(self.layout, config.max_restarts, self._to_node) if self.is_master else None
+        self.coordinator = Coordinator(self.layout, config.max_restarts, self._to_nodes) if self.is_master else None
         self.peers: dict[int, Peer] = {}  # master: the other agents
         self.master: Peer | None = None  # others: the link to the master
         self.hosts = [""] * self.layout.nnodes
@@ -90,6 +90,11 @@ class NodeAgent:
         self.exit_code: int | None = None
         self._arrivals: list = []
         self._arrival_bytes = 0
+        # the barrier lane: workers that entered the same plain barrier, counted before the master hears
+        self._lane: list[Worker] = []
+        self._lane_seq = -1
+        self._lane_key: tuple | None = None  # (name, timeout), the same object for every rank (WorkerGroup)
+        self._lane_tails: dict[tuple, bytes] = {}
         self._hold_until = float("inf")  # when held arrivals go to the master even if the node is incomplete
         #: a barrier's release line for the workers, %d for its number: the world's Nones, in rank order
         self._released = b'{"seq":%d,"data":[' + b",".join([b"null"] * self.layout.world_size) + b"]}\n"
@@ -106,7 +111,7 @@ class NodeAgent:
         if self.lifeline is not None:
             self.loop.on_read(self.lifeline, self._launcher_gone)
         self.group = WorkerGroup(self.loop, self.cfg, self.node_rank, self.hostname,
-                                 self._on_request, self._on_worker_exit)
+                                 self._on_request, self._on_worker_exit, self._on_barrier)
         try:
             if self._rendezvous():
                 self.group.start(self.attempt, tick=self._tick)
@@ -130,7 +135,7 @@ class NodeAgent:
             if expires < float("inf"):
                 deadline = min(deadline, now + (expires - time.time()))
         self.loop.poll(min(deadline - now, self.group.poll()))
-        if self._arrivals:
+        if self._arrivals or self._lane:
             self._flush_arrivals(force=False)
         if self._inbox_master or self._inbox_agent:
             self._drain_inboxes()
@@ -177,7 +182,51 @@ class NodeAgent:
         return True
 
     # ------------------------------------------------------------------ from the workers
+    def _on_barrier(self, w: Worker, seq: int, key: tuple) -> None:
+        """The barrier lane: ``w`` entered plain barrier ``seq`` (``key`` is its (name, timeout)).
+
+        The common case by far is every worker of the node entering the same
+        plain barrier - no data, the same name and timeout. The lane only counts
+        them; when the last one is in, the node's share crosses to the master as
+        one small message (``"node": [seq, name, timeout]``) instead of one record
+        per rank. Anything else - another barrier, data, a rank missing for longer
+        than :data:`ARRIVAL_HOLD` - turns the lane into ordinary arrivals.
+        """
+        lane = self._lane
+        if lane:
+            if seq != self._lane_seq or key is not self._lane_key:
+                self._on_request(w, seq, key[0], key[1], None, 0)
+                return
+        elif self._arrivals:
+            self._on_request(w, seq, key[0], key[1], None, 0)
+            return
+        else:
+            self._lane_seq, self._lane_key = seq, key
+            self._hold_until = time.monotonic() + ARRIVAL_HOLD
+        lane.append(w)
+        if len(lane) == len(self.group.workers):  # the whole node is in
+            self._lane = []
+            self._hold_until = float("inf")
+            if self.group.stopping:
+                return
+            if self.is_master:
+                self._inbox_master.append((0, {"t": "arrive", "attempt": self.attempt, "node": [seq, key[0], key[1]]}))
+            elif self.master is not None:
+                tail = self._lane_tails.get(key)
+                if tail is None:  # the message's end for this barrier, spelled once
+                    tail = self._lane_tails[key] = b",%s,%s]}" % (dumps(key[0]), dumps(key[1]))
+                self.master.send_frame(frame(b'{"t":"arrive","attempt":%d,"node":[%d' % (self.attempt, seq) + tail))
+
+    def _unlane(self) -> None:
+        """Turn the workers counted in the lane into ordinary arrivals."""
+        lane, self._lane = self._lane, []
+        name, timeout = self._lane_key
+        for w in lane:
+            self._arrivals.append([w.rank, self._lane_seq, name, timeout, None])
+
     def _on_request(self, w: Worker, seq: int, name: str, timeout: float, data, nbytes: int) -> None:
+        if self._lane:
+            self._unlane()
         if self._arrival_bytes + nbytes > MAX_ARRIVAL:
             self._flush_arrivals()  # keep every 'arrive' frame under MAX_FRAME
         if not self._arrivals:
@@ -194,6 +243,8 @@ class NodeAgent:
         is in a round (its timeout errors name exactly the ranks that never came).
         Node 0's agent is the master: its arrivals need no network and go at once.
         """
+        if self._lane and (force or time.monotonic() >= self._hold_until):
+            self._unlane()
         if not self._arrivals:
             return
         if not (force or self.is_master or self.group.all_waiting or time.monotonic() >= self._hold_until):
@@ -263,11 +314,14 @@ class NodeAgent:
         elif self.master is not None:
             self.master.send(msg)
 
-    def _to_node(self, node: int, msg: dict) -> None:
-        if node == self.node_rank:
-            self._inbox_agent.append(msg)
-        elif node in self.peers:
-            self.peers[node].send(msg)
+    def _to_nodes(self, nodes, msg: dict) -> None:
+        framed = None  # encoded once, however many nodes it goes to
+        for node in nodes:
+            if node == self.node_rank:
+                self._inbox_agent.append(msg)
+            elif node in self.peers:
+                framed = framed or encode(msg)
+                self.peers[node].send_frame(framed)
 
     def _drain_inboxes(self) -> None:
         while self._inbox_master or self._inbox_agent:
@@ -308,6 +362,8 @@ class NodeAgent:
             self.group.after_stop(self._restarted)
         elif kind == "start":
             if msg["attempt"] == self.attempt:
+                self._lane, self._arrivals, self._arrival_bytes = [], [], 0  # nothing of the last attempt
+                self._hold_until = float("inf")
                 self.group.start(self.attempt, tick=self._tick)
         elif kind == "stop":
             self._final = True

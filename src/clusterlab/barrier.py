@@ -124,6 +124,30 @@ class GatherTable:
                 out.append(outcome)
         return out
 
+    def arrive_node(self, ranks: range, seq: int, name: str, timeout: float, now: float) -> list[Outcome]:
+        """Every rank in ``ranks`` (one node's) entered round ``seq`` as a barrier (no data).
+
+        The usual case - a round that is open under the same name, none of these
+        ranks in it yet - is a few dictionary updates; anything else is :meth:`arrive`
+        for each rank. ``ValueError`` for values that are not a collective call.
+        """
+        if not isinstance(seq, int) or not isinstance(timeout, (int, float)) or not isinstance(name, str):
+            raise ValueError(f"seq {seq!r} name {name!r} timeout {timeout!r} is not a collective call")
+        rnd = self._rounds.get(seq)
+        if rnd is None and not self._gone:
+            rnd = self._rounds[seq] = _Round(seq, name)
+        elif not (rnd is not None and rnd.error is None and rnd.name == name and not self._gone
+                  and rnd.names.keys().isdisjoint(ranks)):
+            return [o for o in (self.arrive(r, seq, name, timeout, None, now) for r in ranks) if o]
+        rnd.names.update(dict.fromkeys(ranks, name))
+        rnd.data.update(dict.fromkeys(ranks))
+        if now + timeout < rnd.deadline:
+            rnd.deadline, rnd.timeout = now + timeout, timeout
+        if len(rnd.names) < self.world:
+            return []
+        del self._rounds[seq]
+        return [Outcome(seq, self._everyone, data=list(map(rnd.data.__getitem__, self._everyone)))]
+
     def leave(self, rank: int) -> list[Outcome]:
         """``rank``'s process ended normally: rounds it has not entered can never complete.
 

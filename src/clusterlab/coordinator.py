@@ -31,7 +31,7 @@ from .wire import MAX_FRAME, dumps
 
 
 class Coordinator:
-    """The job's state on the master; ``send(node, message)`` delivers to a node's agent."""
+    """The job's state on the master; ``send(nodes, message)`` delivers to those nodes' agents, in order."""
 
     def __init__(self, layout, max_restarts: int, send) -> None:
         self.layout, self.max_restarts, self.send = layout, max_restarts, send
@@ -43,8 +43,7 @@ class Coordinator:
         self._stopped: set[int] = set()
 
     def broadcast(self, msg: dict) -> None:
-        for node in range(self.layout.nnodes):
-            self.send(node, msg)
+        self.send(range(self.layout.nnodes), msg)
 
     def handle(self, node: int, msg: dict) -> None:
         """One message from ``node``'s agent. Malformed fields raise (the caller stops the job)."""
@@ -57,8 +56,12 @@ class Coordinator:
         if msg.get("attempt") != self.attempt or self.ending:
             return  # stale news from an earlier attempt, or the job is already ending
         if kind == "arrive":
-            now = time.time()
-            for outcome in self.table.arrive_all(msg["items"], now, self._ranks_on[node]):
+            if "node" in msg:  # every rank of the node entered the same plain barrier
+                seq, name, timeout = msg["node"]
+                outcomes = self.table.arrive_node(self._ranks_on[node], seq, name, timeout, time.time())
+            else:
+                outcomes = self.table.arrive_all(msg["items"], time.time(), self._ranks_on[node])
+            for outcome in outcomes:
                 self._dispatch(outcome)
         elif kind == "exited":
             rank = msg["rank"]
@@ -102,8 +105,7 @@ class Coordinator:
             nodes = range(self.layout.nnodes)
         # The other nodes first: node 0 (this agent) releases its own workers after the messages
         # to the others are on their way, so its ranks do not take the CPUs ahead of them.
-        for node in sorted(nodes, reverse=True):
-            self.send(node, msg)
+        self.send(sorted(nodes, reverse=True), msg)
 
     def _on_failure(self, msg: dict) -> None:
         if self.attempt < self.max_restarts:

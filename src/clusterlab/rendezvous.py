@@ -50,6 +50,11 @@ class Peer:
         if not self.closed:
             self.out.send(encode(message))
 
+    def send_frame(self, frame: bytes) -> None:
+        """Send a message already framed (:func:`clusterlab.wire.frame`)."""
+        if not self.closed:
+            self.out.send(frame)
+
 
 def listen(addr: str, port: int) -> socket.socket:
     """Bind and listen on ``addr:port`` (port 0: a free one), or raise a one-line UsageError."""

@@ -18,7 +18,7 @@ import json.scanner
 import struct
 
 #: bumped whenever a message changes meaning; agents of different versions refuse each other
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 #: the largest frame an agent accepts (all_gather_object payloads travel in frames)
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
@@ -58,7 +58,12 @@ def loads(data: bytes | str) -> object:
 
 
 def encode(message: dict) -> bytes:
-    body = dumps(message)
+    """One message as a frame."""
+    return frame(dumps(message))
+
+
+def frame(body: bytes) -> bytes:
+    """A frame around ``body``, a message already spelled as JSON."""
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
     return _HEADER.pack(len(body)) + body

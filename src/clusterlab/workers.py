@@ -51,13 +51,15 @@ class WorkerGroup:
     """The workers of one node, for one attempt at a time.
 
     ``on_request(worker, seq, name, timeout, data, nbytes)`` is called for every
-    collective call, ``on_exit(worker)`` when a worker has exited and its output
-    is drained.
+    collective call - ``on_barrier(worker, seq, (name, timeout))`` instead for a
+    plain barrier seen before, the tuple the same object each time - and
+    ``on_exit(worker)`` when a worker has exited and its output is drained.
     """
 
-    def __init__(self, loop: Loop, cfg, node_rank: int, hostname: str, on_request, on_exit) -> None:
+    def __init__(self, loop: Loop, cfg, node_rank: int, hostname: str, on_request, on_exit, on_barrier=None) -> None:
         self.loop, self.cfg, self.node_rank, self.hostname = loop, cfg, node_rank, hostname
         self.on_request, self.on_exit = on_request, on_exit
+        self.on_barrier = on_barrier or (lambda w, seq, key: on_request(w, seq, key[0], key[1], None, 0))
         self.workers: list[Worker] = []
         self.stopping = False
         self.kill_at = float("inf")
@@ -209,15 +211,19 @@ class WorkerGroup:
             # barrier with only its number changed, so the rest of the line is decoded once.
             comma = data.find(b",", 21)
             known = self._known.get(data[comma:])
-            if known is not None and data[21:comma].isdigit():
+            if known is not None and data[21:comma].isdigit() and w.waiting is None:
                 seq = int(data[21:comma])
                 w.waiting = seq
-                self.on_request(w, seq, known[0], known[1], None, len(data))
+                self.on_barrier(w, seq, known)
                 return
             lines = (data,)
         else:
             lines = w.requests.feed(data)
         for line in lines:
+            if w.waiting is not None:  # not from clusterlab.channel, which waits for each answer
+                w.reply.send(dumps({"seq": -1, "error": f"rank {w.rank} sent a collective request while still in "
+                                    f"call #{w.waiting}; a rank makes one collective call at a time"}) + b"\n")
+                continue
             try:
                 req = loads(line)
                 seq, name, timeout = int(req["seq"]), str(req["name"]), float(req["timeout"])
