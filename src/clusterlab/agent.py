@@ -51,6 +51,8 @@ RECV_SIZE = 1 << 16
 ARRIVAL_HOLD = 0.005
 #: a peer silent for this long is declared lost (CLUSTERLAB_HEARTBEAT_TIMEOUT overrides)
 HEARTBEAT_TIMEOUT = float(os.environ.get("CLUSTERLAB_HEARTBEAT_TIMEOUT", "15"))
+#: a barrier's release between agents: every rank's data was None, so the world's result is null
+_RELEASE = b'{"t":"result","attempt":%d,"seq":%d,"data":null}'
 #: what a handler raises on a message with missing or mistyped fields (checked by the fault suite)
 _MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError)
 
@@ -82,7 +84,7 @@ class NodeAgent:
         self.lifeline = lifeline  # a pipe whose EOF means the launcher that started this agent died
         self.loop = Loop()
         self.group: WorkerGroup | None = None
-        self.coordinator = Coordinator(self.layout, config.max_restarts, self._to_nodes) if self.is_master else None
+        self.coordinator = Coordinator(self.layout, config.max_restarts, self._to_nodes, self._release) if self.is_master else None
         self.peers: dict[int, Peer] = {}  # master: the other agents
         self.master: Peer | None = None  # others: the link to the master
         self.hosts = [""] * self.layout.nnodes
@@ -95,6 +97,7 @@ class NodeAgent:
         self._lane_seq = -1
         self._lane_key: tuple | None = None  # (name, timeout), the same object for every rank (WorkerGroup)
         self._lane_tails: dict[tuple, bytes] = {}
+        self._awaited: tuple = (None, -1)  # (frame, seq): the release of the last barrier this node entered
         self._hold_until = float("inf")  # when held arrivals go to the master even if the node is incomplete
         #: a barrier's release line for the workers, %d for its number: the world's Nones, in rank order
         self._released = b'{"seq":%d,"data":[' + b",".join([b"null"] * self.layout.world_size) + b"]}\n"
@@ -216,6 +219,7 @@ class NodeAgent:
                 if tail is None:  # the message's end for this barrier, spelled once
                     tail = self._lane_tails[key] = b",%s,%s]}" % (dumps(key[0]), dumps(key[1]))
                 self.master.send_frame(frame(b'{"t":"arrive","attempt":%d,"node":[%d' % (self.attempt, seq) + tail))
+                self._awaited = frame(_RELEASE % (self.attempt, seq)), seq  # what the master will answer
 
     def _unlane(self) -> None:
         """Turn the workers counted in the lane into ordinary arrivals."""
@@ -277,6 +281,10 @@ class NodeAgent:
             return
         except OSError:
             data = b""
+        if data == self._awaited[0] and not peer.decoder.pending and not self._inbox_agent:
+            peer.last_seen = time.monotonic()  # the release of this node's barrier, byte for byte
+            self.group.deliver(self._awaited[1], self._released % self._awaited[1])
+            return
         try:
             messages = peer.decoder.feed(data) if data else None
         except ProtocolError as exc:
@@ -321,6 +329,17 @@ class NodeAgent:
                 self._inbox_agent.append(msg)
             elif node in self.peers:
                 framed = framed or encode(msg)
+                self.peers[node].send_frame(framed)
+
+    def _release(self, nodes, seq: int) -> None:
+        """Let every rank of ``nodes`` out of plain barrier ``seq``: the result is a world of nulls,
+        so the message (``{"t": "result", ..., "data": null}``) and the workers' line are spelled here."""
+        framed = None
+        for node in nodes:
+            if node == self.node_rank:
+                self.group.deliver(seq, self._released % seq)
+            elif node in self.peers:
+                framed = framed or frame(_RELEASE % (self.attempt, seq))
                 self.peers[node].send_frame(framed)
 
     def _drain_inboxes(self) -> None:

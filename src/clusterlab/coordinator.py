@@ -31,10 +31,17 @@ from .wire import MAX_FRAME, dumps
 
 
 class Coordinator:
-    """The job's state on the master; ``send(nodes, message)`` delivers to those nodes' agents, in order."""
+    """The job's state on the master.
 
-    def __init__(self, layout, max_restarts: int, send) -> None:
+    ``send(nodes, message)`` delivers a message to those nodes' agents, in order;
+    ``release(nodes, seq)``, if given, stands for the commonest one - the
+    ``result`` of a plain barrier (``data`` null) - so the agent can spell it ahead.
+    """
+
+    def __init__(self, layout, max_restarts: int, send, release=None) -> None:
         self.layout, self.max_restarts, self.send = layout, max_restarts, send
+        self.release = release or (lambda nodes, seq: send(nodes, {"t": "result", "attempt": self.attempt,
+                                                                   "seq": seq, "data": None}))
         self.attempt = 0
         self.table = GatherTable(layout)
         self._ranks_on = [layout.ranks_on(node) for node in range(layout.nnodes)]
@@ -94,17 +101,19 @@ class Coordinator:
                 outcome = Outcome(outcome.seq, outcome.ranks, error=(
                     f"the result of collective call #{outcome.seq} is {size} bytes as JSON, over the "
                     f"{MAX_FRAME}-byte frame limit between agents; gather less data per call"))
+        if released and outcome.error is None:
+            # the other nodes first: node 0 (this agent) releases its own workers after the messages
+            # to the others are on their way, so its ranks do not take the CPUs ahead of them
+            self.release(range(self.layout.nnodes - 1, -1, -1), outcome.seq)
+            return
         msg = {"t": "result", "attempt": self.attempt, "seq": outcome.seq}
         if outcome.error is not None:
             msg["error"] = outcome.error
             msg["ranks"] = list(outcome.ranks)
             nodes = sorted({self.layout.locate(r)[0] for r in outcome.ranks})
         else:
-            # a barrier's result (every rank gave None) travels as null: each agent knows the world size
-            msg["data"] = None if released else outcome.data
+            msg["data"] = outcome.data
             nodes = range(self.layout.nnodes)
-        # The other nodes first: node 0 (this agent) releases its own workers after the messages
-        # to the others are on their way, so its ranks do not take the CPUs ahead of them.
         self.send(sorted(nodes, reverse=True), msg)
 
     def _on_failure(self, msg: dict) -> None:
