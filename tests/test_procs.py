@@ -89,7 +89,9 @@ def test_signals_start_at_their_defaults(spawn_mode):
     that (``yes | head`` would never stop), nor signals the agent had blocked around a fork."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
-        code, out, _ = _run(["/bin/sh", "-c", "grep -E '^Sig(Ign|Blk)' /proc/$$/status"])
+        # grep reads its own status: what the worker inherited (the shell itself blocks signals
+        # around its forks, so reading the shell's status from a child races with that)
+        code, out, _ = _run(["/bin/sh", "-c", "exec grep -E '^Sig(Ign|Blk)' /proc/self/status"])
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     masks = {line.split(":")[0]: int(line.split()[1], 16) for line in out.splitlines()}

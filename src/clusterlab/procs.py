@@ -125,6 +125,7 @@ def _child_setup(parent: int) -> None:
     set_pdeathsig()
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())  # as posix_spawn's setsigmask: nothing blocked
 
 
 def _which(program: str, path: str) -> str | None:
