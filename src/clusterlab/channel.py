@@ -42,38 +42,56 @@ class _Channel:
         self.buf = b""
         self.trace = os.environ.get("CLUSTERLAB_TRACE")
         self.rank = int(os.environ.get("RANK", "-1"))
+        self.world = int(os.environ.get("WORLD_SIZE", "0"))
         self.poller = select.poll()
         self.poller.register(self.rfd, select.POLLIN)
         self._requests: dict = {}  # name -> (timeout, request line with %d for its seq, wait in ms)
         self.default_timeout = _resolve_timeout(None)
 
     def barrier(self, name: str, timeout: float) -> None:
-        """The hot path of :func:`barrier`: one write, one wait, one read, no json.
-
-        A barrier's cost on a busy machine is mostly its processes' wake-ups, and
-        each wake-up costs more the more code runs after it (the caches are cold),
-        so this path is kept as short as the protocol allows; anything unusual
-        (a trace, an error, a partial line) takes the general path.
-        """
         request = self._requests.get(name)
         if request is None or request[0] != timeout or self.trace or self.buf:
             self.gather(name, timeout, None, barrier=True)
             return
-        seq = self.seq
-        self.seq = seq + 1
-        try:
-            os.write(self.wfd, request[1] % seq)
-        except BrokenPipeError:
-            raise BarrierError("the node agent is gone (its pipe is closed)") from None
-        if not self.poller.poll(request[2]):
-            raise BarrierError(self._no_answer(name, timeout + _AGENT_GRACE))
-        line = os.read(self.rfd, 1 << 16)
-        if line.startswith(b'{"seq":%d,"data":' % seq) and line.find(b"\n") == len(line) - 1:
-            return  # released
-        self.buf = line
-        line = self._read_line(timeout + _AGENT_GRACE, name)
-        if not line.startswith(b'{"seq":%d,"data":' % seq):
-            self._check(_loads(line))
+        self.plain(name)()
+
+    def plain(self, name: str):
+        """The hot path of :func:`barrier`, once barrier ``name`` has been called: a function
+        that makes the call again - one write, one wait, one read, no json.
+
+        A barrier's cost on a busy machine is mostly its processes' wake-ups, and
+        each wake-up costs more the more code and objects it touches (the caches
+        are cold: the other ranks ran in between), so everything this path needs is
+        bound once, here; anything unusual (a trace, an error, a partial line) takes
+        the general path.
+        """
+        timeout, template, wait = self._requests[name]
+        write, read, poll, wfd, rfd = os.write, os.read, self.poller.poll, self.wfd, self.rfd
+        # the agent's whole answer when the barrier is released: the world's results, all null
+        released = b'{"seq":%d,"data":[' + b",".join([b"null"] * self.world) + b"]}\n"
+
+        def again() -> None:
+            if self.buf or self.trace:
+                self.gather(name, timeout, None, barrier=True)
+                return
+            seq = self.seq
+            self.seq = seq + 1
+            try:
+                write(wfd, template % seq)
+            except BrokenPipeError:
+                raise BarrierError("the node agent is gone (its pipe is closed)") from None
+            expected = released % seq  # spelled while the other ranks are still coming
+            if not poll(wait):
+                raise BarrierError(self._no_answer(name, timeout + _AGENT_GRACE))
+            line = read(rfd, 65536)
+            if line == expected:
+                return  # released
+            self.buf = line
+            line = self._read_line(timeout + _AGENT_GRACE, name)
+            if not line.startswith(b'{"seq":%d,"data":' % seq):
+                self._check(_loads(line))
+
+        return again
 
     def gather(self, name: str, timeout: float, data: object, barrier: bool = False) -> list | None:
         seq, self.seq = self.seq, self.seq + 1
@@ -234,6 +252,11 @@ def barrier(name: str | None = None, timeout: float | None = None) -> None:
     under torchrun with ``torch.distributed`` initialised it is
     ``torch.distributed.barrier()``.
     """
+    if timeout is None:
+        again = _plain.get(name)
+        if again is not None:
+            again()
+            return
     channel = _channel or _get_channel()
     if channel is None:
         dist = _torch_dist()
@@ -241,7 +264,16 @@ def barrier(name: str | None = None, timeout: float | None = None) -> None:
             raise BarrierError(_NO_LAUNCHER)
         dist.barrier()
         return
-    channel.barrier(name or "", channel.default_timeout if timeout is None else _resolve_timeout(timeout))
+    if timeout is not None:
+        channel.barrier(name or "", _resolve_timeout(timeout))
+        return
+    channel.barrier(name or "", channel.default_timeout)
+    if (name or "") in channel._requests and len(_plain) < 64:
+        _plain[name] = channel.plain(name or "")
+
+
+#: barrier(name) with the default timeout, once called: name -> the function that calls it again
+_plain: dict = {}
 
 
 _NO_LAUNCHER = (
