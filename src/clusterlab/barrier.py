@@ -38,11 +38,13 @@ class Outcome(namedtuple("Outcome", "seq ranks data error", defaults=(None, None
 class _Round:
     """One collective round in progress: who arrived, under which name, with what data."""
 
-    def __init__(self, seq: int, name: str) -> None:
+    __slots__ = ("seq", "name", "names", "data", "deadline", "timeout", "error")
+
+    def __init__(self, seq: int, name: str, names: dict | None = None, data: dict | None = None) -> None:
         self.seq = seq
         self.name = name  # the first arrival's name: every other arrival must match it
-        self.names: dict[int, str] = {}
-        self.data: dict[int, object] = {}
+        self.names: dict[int, str] = names if names is not None else {}
+        self.data: dict[int, object] = data if data is not None else {}
         self.deadline = float("inf")
         self.timeout = 0.0
         self.error: str | None = None
@@ -135,12 +137,13 @@ class GatherTable:
             raise ValueError(f"seq {seq!r} name {name!r} timeout {timeout!r} is not a collective call")
         rnd = self._rounds.get(seq)
         if rnd is None and not self._gone:
-            rnd = self._rounds[seq] = _Round(seq, name)
-        elif not (rnd is not None and rnd.error is None and rnd.name == name and not self._gone
-                  and rnd.names.keys().isdisjoint(ranks)):
+            rnd = self._rounds[seq] = _Round(seq, name, dict.fromkeys(ranks, name), dict.fromkeys(ranks))
+        elif rnd is not None and rnd.error is None and rnd.name == name and not self._gone \
+                and rnd.names.keys().isdisjoint(ranks):
+            rnd.names.update(dict.fromkeys(ranks, name))
+            rnd.data.update(dict.fromkeys(ranks))
+        else:
             return [o for o in (self.arrive(r, seq, name, timeout, None, now) for r in ranks) if o]
-        rnd.names.update(dict.fromkeys(ranks, name))
-        rnd.data.update(dict.fromkeys(ranks))
         if now + timeout < rnd.deadline:
             rnd.deadline, rnd.timeout = now + timeout, timeout
         if len(rnd.names) < self.world:

@@ -82,6 +82,8 @@ class FrameDecoder:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[dict]:
+        if not self._buf and len(data) > _HEADER.size and _HEADER.unpack_from(data)[0] == len(data) - _HEADER.size:
+            return [self._message(data[_HEADER.size:])]  # the usual case: exactly one whole frame
         self._buf += data
         out: list[dict] = []
         while len(self._buf) >= _HEADER.size:
@@ -93,13 +95,18 @@ class FrameDecoder:
                 break
             body = bytes(self._buf[_HEADER.size:end])
             del self._buf[:end]
-            try:
-                message = loads(body)
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
-            except RecursionError:  # a few KiB of '[[[[...' exhaust the parser's stack
-                raise ProtocolError("frame nests JSON too deeply") from None
-            if not isinstance(message, dict) or not isinstance(message.get("t"), str):
-                raise ProtocolError("frame is not a JSON object with a string 't' field")
-            out.append(message)
+            out.append(self._message(body))
         return out
+
+    def _message(self, body: bytes) -> dict:
+        if len(body) > self._max:
+            raise ProtocolError(f"frame length {len(body)} exceeds the {self._max}-byte limit")
+        try:
+            message = loads(body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
+        except RecursionError:  # a few KiB of '[[[[...' exhaust the parser's stack
+            raise ProtocolError("frame nests JSON too deeply") from None
+        if not isinstance(message, dict) or not isinstance(message.get("t"), str):
+            raise ProtocolError("frame is not a JSON object with a string 't' field")
+        return message

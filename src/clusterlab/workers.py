@@ -44,6 +44,8 @@ class Worker:
         self.req_fd, self.reply, self.pumps, self.pidfd = req_fd, reply, pumps, pidfd
         self.requests = LineBuffer()
         self.waiting: int | None = None  # the collective round it is blocked in
+        #: (line, seq, (name, timeout), template): the request expected next, if it repeats its last barrier
+        self.next: tuple = (None, -1, None, b"")
         self.returncode: int | None = None
 
 
@@ -70,7 +72,8 @@ class WorkerGroup:
         self._foreign = {p.pid for p in procs.descendants([os.getpid()])}
         self._subreaper = False
         self._all_pidfds = True  # every worker's exit is an event: poll() need not look
-        self._known: dict[bytes, tuple] = {}  # the tail of a plain barrier's request line -> (name, timeout)
+        #: a plain barrier's request line after its number -> ((name, timeout), the line with %d for the number)
+        self._known: dict[bytes, tuple] = {}
 
     # ------------------------------------------------------------------ start
     def start(self, attempt: int, tick=lambda: None) -> None:
@@ -206,19 +209,28 @@ class WorkerGroup:
         if not data:
             self.loop.forget(w.req_fd)
             return
-        if data.startswith(b'{"op":"gather","seq":') and data.find(b"\n") == len(data) - 1 and not w.requests.pending:
-            # The hot path: one whole request line, the usual case. A worker repeats the same
-            # barrier with only its number changed, so the rest of the line is decoded once.
+        if data == w.next[0] and w.waiting is None and not w.requests.pending:
+            # The hot path: the same plain barrier as this worker's last call, numbered one more -
+            # the line it was expected to send, byte for byte.
+            _, seq, key, template = w.next
+        elif data.startswith(b'{"op":"gather","seq":') and data.find(b"\n") == len(data) - 1 and not w.requests.pending:
+            # One whole request line: a barrier seen before (from any worker) is decoded once.
             comma = data.find(b",", 21)
             known = self._known.get(data[comma:])
-            if known is not None and data[21:comma].isdigit() and w.waiting is None:
-                seq = int(data[21:comma])
-                w.waiting = seq
-                self.on_barrier(w, seq, known)
+            if known is None or not data[21:comma].isdigit() or w.waiting is not None:
+                self._requests(w, (data,))
                 return
-            lines = (data,)
+            seq = int(data[21:comma])
+            key, template = known
         else:
-            lines = w.requests.feed(data)
+            self._requests(w, w.requests.feed(data))
+            return
+        w.waiting = seq
+        w.next = (template % (seq + 1), seq + 1, key, template)
+        self.on_barrier(w, seq, key)
+
+    def _requests(self, w: Worker, lines) -> None:
+        """Collective requests in general: decoded, checked, passed on (or answered with an error)."""
         for line in lines:
             if w.waiting is not None:  # not from clusterlab.channel, which waits for each answer
                 w.reply.send(dumps({"seq": -1, "error": f"rank {w.rank} sent a collective request while still in "
@@ -239,7 +251,8 @@ class WorkerGroup:
             w.waiting = seq
             data = req.get("data")
             if data is None and len(self._known) < 256 and line.startswith(b'{"op":"gather","seq":%d,' % seq):
-                self._known[line[line.find(b",", 21):]] = (name, timeout)
+                tail = line[line.find(b",", 21):]  # a plain barrier: remember its line without the number
+                self._known[tail] = ((name, timeout), b'{"op":"gather","seq":%d' + tail.replace(b"%", b"%%"))
             self.on_request(w, seq, name, timeout, data, len(line))
 
     def answer(self, w: Worker, seq: int, data=None, error: str | None = None) -> None:
