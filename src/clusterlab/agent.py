@@ -247,8 +247,8 @@ class NodeAgent:
         is in a round (its timeout errors name exactly the ranks that never came).
         Node 0's agent is the master: its arrivals need no network and go at once.
         """
-        if self._lane and (force or time.monotonic() >= self._hold_until):
-            self._unlane()
+        if self._lane and (force or time.monotonic() >= self._hold_until or self.group.all_waiting):
+            self._unlane()  # (all waiting: the others came another way - e.g. with data - and wait too)
         if not self._arrivals:
             return
         if not (force or self.is_master or self.group.all_waiting or time.monotonic() >= self._hold_until):

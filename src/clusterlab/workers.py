@@ -250,9 +250,16 @@ class WorkerGroup:
                 continue
             w.waiting = seq
             data = req.get("data")
-            if data is None and len(self._known) < 256 and line.startswith(b'{"op":"gather","seq":%d,' % seq):
-                tail = line[line.find(b",", 21):]  # a plain barrier: remember its line without the number
-                self._known[tail] = ((name, timeout), b'{"op":"gather","seq":%d' + tail.replace(b"%", b"%%"))
+            if data is None and line.startswith(b'{"op":"gather","seq":%d,' % seq):
+                # a plain barrier: its line without the number is remembered, for every worker
+                tail = line[line.find(b",", 21):]
+                known = self._known.get(tail)
+                if known is None and len(self._known) < 256:
+                    known = self._known[tail] = ((name, timeout), b'{"op":"gather","seq":%d' + tail.replace(b"%", b"%%"))
+                if known is not None:
+                    w.next = (known[1] % (seq + 1), seq + 1, *known)
+                    self.on_barrier(w, seq, known[0])
+                    continue
             self.on_request(w, seq, name, timeout, data, len(line))
 
     def answer(self, w: Worker, seq: int, data=None, error: str | None = None) -> None:
