@@ -226,14 +226,19 @@ def _bind_free(addr: str, port: int) -> socket.socket:
 
 
 def launch(config: AgentConfig, node_rank: int) -> int:
-    """Run one node's agent in this process (``clusterlab launch``)."""
+    """Run one node's agent (``clusterlab launch``), supervised by this process.
+
+    The agent is forked, as under ``simulate``, so that something outlives it: if it
+    is SIGKILLed, its workers die with it (``PR_SET_PDEATHSIG``) and this process,
+    their nearest subreaper, sweeps what they started in sessions of their own.
+    """
     listener = None
-    if node_rank == 0 and config.master_port == 0:
-        listener = _bind_free(config.master_addr, 0)
+    if node_rank == 0:  # bound here, before the fork: a port in use is this command's one-line error
+        listener = _bind_free(config.master_addr, config.master_port)
         config = config._replace(master_port=listener.getsockname()[1])
     # Under (simulated) Slurm, name the node as Slurm does, so summaries say node002, not this host.
     hostname = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-    return NodeAgent(config, node_rank, hostname=hostname, listener=listener).run()
+    return _supervise(config, {node_rank: hostname}, listener, None, "launch")
 
 
 def split_cpus(nnodes: int, cpus: list[int]) -> list[list[int]] | None:
@@ -252,10 +257,6 @@ def simulate(config: AgentConfig, quiet: bool = False, share_cpus: bool = False)
     hosts. This process only supervises: it forwards SIGINT/SIGTERM, reaps the
     agents and returns the job's exit status.
     """
-    from .procs import descendants, describe_exit, set_subreaper, setpriv_prefix, sweep
-
-    setpriv_prefix()  # look setpriv up once here, not once in each forked agent
-
     listener = _bind_free(config.master_addr, config.master_port)
     config = config._replace(master_port=listener.getsockname()[1])
     # Real nodes do not share CPUs: each simulated node (its agent and workers) gets its own
@@ -270,6 +271,19 @@ def simulate(config: AgentConfig, quiet: bool = False, share_cpus: bool = False)
             sizes = sorted({len(s) for s in shares})
             where = f"; each node on its own {'-'.join(map(str, sizes))} of the {sum(map(len, shares))} CPUs"
         log(f"simulating {config.layout} on this machine; master node0 at {config.master_addr}:{config.master_port}{where}")
+    return _supervise(config, {node: f"node{node}" for node in range(config.layout.nnodes)}, listener, shares,
+                      "simulate")
+
+
+def _supervise(config: AgentConfig, nodes: dict[int, str], listener, shares, command: str) -> int:
+    """Fork one agent per entry of ``nodes`` (node rank -> host name), wait for them all,
+    and return the job's exit status; this process forwards signals and sweeps orphans.
+
+    ``listener`` is node 0's bound socket (or None); ``shares`` each node's CPUs (or None).
+    """
+    from .procs import descendants, describe_exit, set_subreaper, setpriv_prefix, sweep
+
+    setpriv_prefix()  # look setpriv up once here, not once in each forked agent
     sys.stdout.flush()
     sys.stderr.flush()
     children: dict[int, int] = {}
@@ -296,7 +310,7 @@ def simulate(config: AgentConfig, quiet: bool = False, share_cpus: bool = False)
     try:
         # Before the forks: the agents inherit the loaded libc (ctypes), which they need too.
         set_subreaper(True)
-        for node in range(config.layout.nnodes):
+        for node, hostname in nodes.items():
             pid = os.fork()
             if pid == 0:  # the agent of simulated node `node`
                 code = 1
@@ -304,13 +318,16 @@ def simulate(config: AgentConfig, quiet: bool = False, share_cpus: bool = False)
                     os.close(hold)
                     if shares:
                         os.sched_setaffinity(0, shares[node])  # the workers inherit it
-                    if node:
+                    if node and listener is not None:
                         listener.close()
-                    agent = NodeAgent(config, node, hostname=f"node{node}", listener=listener if node == 0 else None,
-                                      print_summary=node == 0, lifeline=lifeline)
+                    agent = NodeAgent(config, node, hostname=hostname, listener=listener if node == 0 else None,
+                                      print_summary=node == 0 or command == "launch", lifeline=lifeline)
                     code = agent.run()
                 except UsageError as exc:
-                    log(f"node{node}: error: {exc}")
+                    if command == "launch":  # as the command itself would say it
+                        print(f"clusterlab launch: error: {exc}", file=sys.stderr, flush=True)
+                    else:
+                        log(f"node{node}: error: {exc}")
                     code = 2
                 except BaseException:  # a bug in clusterlab: show it, but never fall back into the parent's code
                     import traceback
@@ -320,7 +337,8 @@ def simulate(config: AgentConfig, quiet: bool = False, share_cpus: bool = False)
                     os._exit(code)
             children[pid] = node
     finally:
-        listener.close()
+        if listener is not None:
+            listener.close()
         os.close(lifeline)
         old = {sig: signal.signal(sig, forward) for sig in caught}
         signal.pthread_sigmask(signal.SIG_UNBLOCK, caught)

@@ -179,9 +179,9 @@ class Job:
         return out
 
     def agent_pid(self, node: int) -> int:
-        """The pid of ``node``'s agent: the launch process itself, or the simulate agent that runs its workers."""
-        if self.mode == "launch":
-            return self.launchers[node].proc.pid
+        """The pid of ``node``'s agent: the child of its ``launch`` process, or the simulate agent that runs its workers."""
+        if self.mode == "launch":  # the process `clusterlab launch` forked and supervises
+            return psutil.Process(self.launchers[node].proc.pid).children()[0].pid
         rank = node * self.nproc
         return self.workers()[rank].ppid()
 

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import signal
 import socket
+import sys
 import time
 
 import pytest
 
-from faults.kit import MODES, Job, assert_gone
+import psutil
+
+from faults.kit import MODES, Job, Launcher, assert_gone
 
 #: a worker exits or is killed -> every launcher has exited (teardown included)
 WORKER_FAULT_BOUND = 5.0
@@ -122,11 +125,9 @@ def test_non_master_agent_sigkilled(tmp_path, mode):
     family = job.family()
     t0 = job.kill_agent(1)
     codes = job.finish()
-    if mode == "simulate":
-        assert codes == {0: 1}, job.text
-        assert "the agent of node1 was killed by signal 9 (SIGKILL)" in job.text
-    else:
-        assert codes == {0: 1, 1: -signal.SIGKILL}, job.text
+    # its launcher (simulate's, or node 1's own `launch`) reports the kill and exits 128+9
+    assert codes == ({0: 1} if mode == "simulate" else {0: 1, 1: 128 + signal.SIGKILL}), job.text
+    assert "the agent of node1 was killed by signal 9 (SIGKILL)" in job.text
     assert "the agent of node1 (" in job.output_of(0) and "was lost (connection closed" in job.output_of(0)
     elapsed = job.launchers[0].exited_at - t0
     assert elapsed < AGENT_LOST_BOUND, f"the others noticed and stopped in {elapsed:.2f}s"
@@ -142,11 +143,8 @@ def test_master_agent_sigkilled(tmp_path, mode):
     t0 = job.kill_agent(0)
     codes = job.finish()
     survivor = job.launchers[0 if mode == "simulate" else 1]
-    if mode == "simulate":
-        assert codes == {0: 128 + signal.SIGKILL}, job.text
-        assert "the agent of node0 was killed by signal 9 (SIGKILL)" in job.text
-    else:
-        assert codes == {0: -signal.SIGKILL, 1: 1}, job.text
+    assert codes == ({0: 128 + signal.SIGKILL} if mode == "simulate" else {0: 128 + signal.SIGKILL, 1: 1}), job.text
+    assert "the agent of node0 was killed by signal 9 (SIGKILL)" in job.text
     assert "node1: lost the master agent (node0 at 127.0.0.1:" in survivor.text
     elapsed = survivor.exited_at - t0
     assert elapsed < AGENT_LOST_BOUND, f"{elapsed:.2f}s"
@@ -154,20 +152,46 @@ def test_master_agent_sigkilled(tmp_path, mode):
     job.check_logs(complete=True)
 
 
-def test_simulate_launcher_sigkilled(tmp_path):
-    """`clusterlab simulate` itself dies by SIGKILL: its agents read EOF on their lifeline
-    pipe and stop their nodes as on SIGHUP, so nothing outlives it."""
-    job = Job("simulate", tmp_path, "wait")
+@pytest.mark.parametrize("mode", MODES)
+def test_launcher_sigkilled(tmp_path, mode):
+    """The launcher itself (`clusterlab simulate`, or node 1's `clusterlab launch`) dies by
+    SIGKILL: its agents read EOF on their lifeline pipe and stop their nodes as on SIGHUP,
+    so nothing outlives it."""
+    job = Job(mode, tmp_path, "wait")
     job.wait_ready()
     family = job.family()
     t0 = time.time()
-    job.launchers[0].proc.kill()
+    job.launchers[0 if mode == "simulate" else 1].proc.kill()
     job.finish()  # its output pipe closes once the agents, which share it, have exited too
     assert job.exited_at() - t0 < SIGNAL_BOUND, f"{job.exited_at() - t0:.2f}s"
-    for node in (0, 1):
+    for node in (0, 1) if mode == "simulate" else (1,):
         assert f"node{node}: the launcher is gone; stopping this node's workers" in job.text, job.text
     _no_traceback(job.text)
     assert_gone(family)
+
+
+def test_agent_sigkilled_leaves_no_grandchild(tmp_path):
+    """A worker started a process in a session of its own (setsid), then its agent was
+    SIGKILLed: the worker dies with the agent (PR_SET_PDEATHSIG), and the grandchild,
+    re-parented to `clusterlab launch` (a subreaper), is swept by it."""
+    pidfile = tmp_path / "grandchild.pid"
+    script = tmp_path / "spawner.py"
+    script.write_text(f"""
+import subprocess, sys, time
+child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+open({str(pidfile)!r}, "w").write(str(child.pid))
+print("spawned", flush=True)
+time.sleep(300)
+""")
+    job = Launcher([sys.executable, "-m", "clusterlab", "launch", "--standalone", "--nproc-per-node", "1",
+                    str(script)])
+    job.wait_for("spawned")
+    grandchild = psutil.Process(int(pidfile.read_text()))
+    agent = psutil.Process(job.proc.pid).children()[0]
+    agent.send_signal(signal.SIGKILL)
+    assert job.wait(30) == 128 + signal.SIGKILL, job.text
+    assert "the agent of node0 was killed by signal 9 (SIGKILL)" in job.text, job.text
+    assert_gone([grandchild])
 
 
 def test_frozen_agent_is_caught_by_the_heartbeat(tmp_path):
