@@ -121,6 +121,22 @@ clusterlab.barrier("eval" if os.environ["RANK"] == "3" else "epoch")
     assert "barrier name mismatch" in text and "'epoch'" in text and "rank 3 on node1 reached 'eval'" in text
 
 
+def test_mismatch_after_repeated_barriers_reaches_the_fast_path(tmp_path):
+    # after a few "epoch" barriers each rank (and agent) expects the next one byte for byte;
+    # a different one must still be seen, and its error must reach ranks on the fast path
+    script = write(tmp_path / "late_mismatch.py", """
+import os, clusterlab
+for _ in range(5):
+    clusterlab.barrier("epoch")
+clusterlab.barrier("eval" if os.environ["RANK"] == "3" else "epoch")
+""")
+    res = clusterlab("simulate", "--nnodes", "2", "--nproc-per-node", "2", "--master-port", "0", str(script), timeout=30)
+    assert res.returncode == 1
+    text = res.stdout + res.stderr
+    assert "barrier name mismatch at collective call #5" in text and "rank 3 on node1 reached 'eval'" in text, text
+    assert "rank 0: barrier name mismatch" in text, text  # rank 0 took the fast path, and raised
+
+
 def test_all_gather_object_in_rank_order(tmp_path):
     script = write(tmp_path / "gather.py", """
 import os, clusterlab

@@ -46,6 +46,7 @@ class _Channel:
         self.poller = select.poll()
         self.poller.register(self.rfd, select.POLLIN)
         self._requests: dict = {}  # name -> (timeout, request line with %d for its seq, wait in ms)
+        self._again: dict = {}  # name -> plain(name)
         self.default_timeout = _resolve_timeout(None)
 
     def barrier(self, name: str, timeout: float) -> None:
@@ -53,7 +54,10 @@ class _Channel:
         if request is None or request[0] != timeout or self.trace or self.buf:
             self.gather(name, timeout, None, barrier=True)
             return
-        self.plain(name)()
+        again = self._again.get(name)
+        if again is None:
+            again = self._again[name] = self.plain(name)
+        again()
 
     def plain(self, name: str):
         """The hot path of :func:`barrier`, once barrier ``name`` has been called: a function
@@ -268,8 +272,8 @@ def barrier(name: str | None = None, timeout: float | None = None) -> None:
         channel.barrier(name or "", _resolve_timeout(timeout))
         return
     channel.barrier(name or "", channel.default_timeout)
-    if (name or "") in channel._requests and len(_plain) < 64:
-        _plain[name] = channel.plain(name or "")
+    if (name or "") in channel._again and len(_plain) < 64:
+        _plain[name] = channel._again[name or ""]
 
 
 #: barrier(name) with the default timeout, once called: name -> the function that calls it again
