@@ -339,7 +339,7 @@ class NodeAgent:
             if node == self.node_rank:
                 self.group.deliver(seq, self._released % seq)
             elif node in self.peers:
-                framed = framed or frame(_RELEASE % (self.attempt, seq))
+                framed = framed or frame(_RELEASE % (self.coordinator.attempt, seq))
                 self.peers[node].send_frame(framed)
 
     def _drain_inboxes(self) -> None:
