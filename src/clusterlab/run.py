@@ -312,7 +312,7 @@ def _supervise(config: AgentConfig, nodes: dict[int, str], listener, shares, com
         set_subreaper(True)
         for node, hostname in nodes.items():
             pid = os.fork()
-            if pid == 0:  # the agent of simulated node `node`
+            if pid == 0:  # the agent of node `node`
                 code = 1
                 try:
                     os.close(hold)
