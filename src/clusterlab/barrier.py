@@ -103,24 +103,12 @@ class GatherTable:
         return None
 
     def arrive_all(self, items, now: float, ranks: range) -> list[Outcome]:
-        """:meth:`arrive` for a node's batch of ``[rank, seq, name, timeout, data]`` items.
-
-        The common case - a rank joining an open round under the round's name, the
-        round not yet complete - is handled inline; anything else goes through
-        :meth:`arrive`. ``ValueError`` for an item that is not a collective call of
-        ``ranks``. This runs for every node of every barrier on the master.
-        """
+        """:meth:`arrive` for a node's batch of ``[rank, seq, name, timeout, data]`` items;
+        ``ValueError`` for an item that is not a collective call of ``ranks``."""
         out = []
-        rounds = self._rounds
         for rank, seq, name, timeout, data in items:
             if rank not in ranks or not isinstance(seq, int) or not isinstance(timeout, (int, float)):
                 raise ValueError(f"rank {rank!r} seq {seq!r} timeout {timeout!r} is not a collective call of this node")
-            rnd = rounds.get(seq)
-            if (rnd is not None and rnd.error is None and rnd.name == name and rank not in rnd.names
-                    and len(rnd.names) < self.world - 1 and not self._gone and now + timeout >= rnd.deadline):
-                rnd.names[rank] = name
-                rnd.data[rank] = data
-                continue
             outcome = self.arrive(rank, seq, str(name), timeout, data, now)
             if outcome:
                 out.append(outcome)

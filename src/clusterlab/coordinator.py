@@ -34,14 +34,12 @@ class Coordinator:
     """The job's state on the master.
 
     ``send(nodes, message)`` delivers a message to those nodes' agents, in order;
-    ``release(nodes, seq)``, if given, stands for the commonest one - the
-    ``result`` of a plain barrier (``data`` null) - so the agent can spell it ahead.
+    ``release(nodes, seq)`` stands for the commonest one - the ``result`` of a plain
+    barrier (``data`` null, ``attempt`` this one's) - so the agent can spell it ahead.
     """
 
-    def __init__(self, layout, max_restarts: int, send, release=None) -> None:
-        self.layout, self.max_restarts, self.send = layout, max_restarts, send
-        self.release = release or (lambda nodes, seq: send(nodes, {"t": "result", "attempt": self.attempt,
-                                                                   "seq": seq, "data": None}))
+    def __init__(self, layout, max_restarts: int, send, release) -> None:
+        self.layout, self.max_restarts, self.send, self.release = layout, max_restarts, send, release
         self.attempt = 0
         self.table = GatherTable(layout)
         self._ranks_on = [layout.ranks_on(node) for node in range(layout.nnodes)]
@@ -101,7 +99,7 @@ class Coordinator:
                 outcome = Outcome(outcome.seq, outcome.ranks, error=(
                     f"the result of collective call #{outcome.seq} is {size} bytes as JSON, over the "
                     f"{MAX_FRAME}-byte frame limit between agents; gather less data per call"))
-        if released and outcome.error is None:
+        if released:
             # the other nodes first: node 0 (this agent) releases its own workers after the messages
             # to the others are on their way, so its ranks do not take the CPUs ahead of them
             self.release(range(self.layout.nnodes - 1, -1, -1), outcome.seq)

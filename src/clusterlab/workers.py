@@ -54,14 +54,13 @@ class WorkerGroup:
 
     ``on_request(worker, seq, name, timeout, data, nbytes)`` is called for every
     collective call - ``on_barrier(worker, seq, (name, timeout))`` instead for a
-    plain barrier seen before, the tuple the same object each time - and
+    plain barrier (no data; the tuple is the same object for every call of it) - and
     ``on_exit(worker)`` when a worker has exited and its output is drained.
     """
 
-    def __init__(self, loop: Loop, cfg, node_rank: int, hostname: str, on_request, on_exit, on_barrier=None) -> None:
+    def __init__(self, loop: Loop, cfg, node_rank: int, hostname: str, on_request, on_exit, on_barrier) -> None:
         self.loop, self.cfg, self.node_rank, self.hostname = loop, cfg, node_rank, hostname
-        self.on_request, self.on_exit = on_request, on_exit
-        self.on_barrier = on_barrier or (lambda w, seq, key: on_request(w, seq, key[0], key[1], None, 0))
+        self.on_request, self.on_exit, self.on_barrier = on_request, on_exit, on_barrier
         self.workers: list[Worker] = []
         self.stopping = False
         self.kill_at = float("inf")
