@@ -65,6 +65,10 @@ def _cell(entry: dict | None, key: str | None = None, scale: float = 1.0, unit: 
     return f"{s['median'] * scale:.{_digits(s['median'] * scale)}f}{unit} (±{s['spread_pct'] / 2:.0f}%)"
 
 
+def _barrier_cell(e: dict | None) -> str:
+    return _cell(e) if not e or "mean_us" not in e else f"{_cell(e, 'mean_us')} / {e['p99_us']['median']:.0f}"
+
+
 def _digits(x: float) -> int:
     return 0 if x >= 100 else 1 if x >= 10 else 2
 
@@ -80,6 +84,8 @@ def markdown(r: dict) -> str:
         + (" - QUICK MODE, tiny sizes, not a measurement." if r.get("quick") else "."),
         "",
     ]
+    if r.get("baseline"):
+        lines += [f"*baseline*: the clusterlab package in `{r['baseline']}`, measured in the same rounds.", ""]
     if "launch" in r:
         p = r["launch"]["peers"]
         nnodes, nproc = map(int, r["launch"]["shape"].split("x"))
@@ -88,6 +94,8 @@ def markdown(r: dict) -> str:
                   f"| mpirun -np {nnodes * nproc} |",
                   "| --- | --- | --- | --- |",
                   "| " + " | ".join(_cell(p.get(k), scale=1e3) for k in ("floor", "clusterlab", "torchrun", "mpirun")) + " |", ""]
+        if "mean_us" not in p.get("baseline", {}) and isinstance(p.get("baseline"), dict) and "median" in p["baseline"]:
+            lines += [f"baseline: {_cell(p['baseline'], scale=1e3)}", ""]
     if "barrier" in r:
         lines += ["**2. Barrier latency**, microseconds per barrier: mean / p99", "",
                   "| world (nodes x ranks) | clusterlab | Python relay floor | multiprocessing.Barrier | torch gloo "
@@ -96,10 +104,12 @@ def markdown(r: dict) -> str:
         for world, w in r["barrier"].items():
             cells = []
             for k in ("clusterlab", "relay", "multiprocessing", "gloo", "mpi4py"):
-                e = w["peers"].get(k)
-                cells.append(_cell(e) if not e or "mean_us" not in e else
-                             f"{_cell(e, 'mean_us')} / {e['p99_us']['median']:.0f}")
+                cells.append(_barrier_cell(w["peers"].get(k)))
             lines.append(f"| {world} ({w['shape']}), {w['barriers']} barriers | " + " | ".join(cells) + " |")
+        for world, w in r["barrier"].items():
+            base = w["peers"].get("baseline")
+            if base and "mean_us" in base:
+                lines.append(f"baseline at world {world}: {_barrier_cell(base)}")
         lines.append("")
     if "scale" in r:
         s = r["scale"]

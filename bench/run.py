@@ -51,8 +51,10 @@ def clusterlab_cmd() -> list[str]:
     return [str(script)] if script.exists() else [PYTHON, "-m", "clusterlab"]
 
 
-def simulate(nnodes: int, nproc: int, *worker: str) -> list[str]:
-    return [*clusterlab_cmd(), "simulate", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),
+def simulate(nnodes: int, nproc: int, *worker: str, baseline: bool = False) -> list[str]:
+    """``clusterlab simulate``; with ``baseline``, the tree given by ``--baseline`` (``python -m``)."""
+    launcher = [PYTHON, "-m", "clusterlab"] if baseline else clusterlab_cmd()
+    return [*launcher, "simulate", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),
             "--master-port", "0", *worker]
 
 
@@ -77,6 +79,17 @@ def missing(*modules: str) -> str | None:
     if "mpi4py" in modules and mpirun_cmd(1)[0] is None:
         return "mpirun is not on PATH (pip install -e '.[bench]')"
     return None
+
+
+#: ``--baseline SRC``: an older clusterlab source tree, measured as one more peer beside this one
+BASELINE: str | None = None
+
+
+def _baseline(fn):
+    """The peer ``fn`` run against ``--baseline``'s tree (its ``src`` first on PYTHONPATH), or skipped."""
+    if BASELINE is None:
+        return ("no --baseline given", fn)
+    return (None, fn)
 
 
 def _measure(peers: dict, repeats: int, warmup: int = 1) -> dict:
@@ -114,6 +127,8 @@ def fig_launch(nnodes: int, nproc: int, repeats: int, timeout: float) -> dict:
     peers = {
         "floor": (None, lambda: floor(world, timeout)),
         "clusterlab": (None, lambda: _hellos(run_together([simulate(nnodes, nproc, hello)], timeout), world)),
+        "baseline": _baseline(lambda: _hellos(run_together([simulate(nnodes, nproc, hello, baseline=True)], timeout,
+                                                           env=bench_env(PYTHONPATH=str(BASELINE))), world)),
         "torchrun": (missing("torch"), lambda: _hellos(
             run_together(torchrun_cmds(nnodes, nproc, str(WORKERS / "hello_torch.py")), timeout), world)),
         "mpirun": (missing("mpi4py"), lambda: _hellos(
@@ -142,6 +157,9 @@ def fig_barrier(worlds: list[tuple[int, int]], n: int, warmup: int, repeats: int
         args = (str(rounds), str(warmup))
         peers = {
             "clusterlab": (None, lambda: _barrier_stats(run_together([simulate(nnodes, nproc, loop, "clusterlab", *args)], timeout))),
+            "baseline": _baseline(lambda: _barrier_stats(run_together(
+                [simulate(nnodes, nproc, loop, "clusterlab", *args, baseline=True)], timeout,
+                env=bench_env(PYTHONPATH=str(BASELINE))))),
             "relay": (None, lambda: _barrier_stats(run_together([[PYTHON, relay, str(nnodes), str(nproc), *args]], timeout))),
             "multiprocessing": (None, lambda: _barrier_stats(run_together([[PYTHON, loop, "mp", *args, str(world)]], timeout))),
             "gloo": (missing("torch"), lambda: _barrier_stats(run_together([simulate(nnodes, nproc, loop, "gloo", *args)], timeout))),
@@ -261,18 +279,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat, no site build: checks the suite runs")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per figure (default: 7, quick: 1)")
     p.add_argument("--out", default=str(HERE / "results"), help="directory for latest.json and latest.md")
+    p.add_argument("--baseline", metavar="SRC", default=None,
+                   help="also measure the clusterlab package in SRC (e.g. a worktree's src/ at an older commit), "
+                   "interleaved with this one, in the launch and barrier figures: before/after, side by side")
     p.add_argument("--skip", action="append", default=[], choices=["launch", "barrier", "scale", "site"],
                    help="leave a figure out (repeatable)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    global BASELINE
     args = get_args_parser().parse_args(argv)
+    if args.baseline:
+        BASELINE = str(Path(args.baseline).resolve())
+        if not (Path(BASELINE) / "clusterlab" / "__init__.py").is_file():
+            print(f"bench/run.py: error: --baseline {args.baseline!r} has no clusterlab package; give a src/ directory",
+                  file=sys.stderr)
+            return 2
     quick = args.quick
     repeats = args.repeats or (1 if quick else 7)
     timeout = 120.0 if quick else 600.0
     results: dict = {"schema": 1, "quick": quick, "repeats": repeats, "machine": harness.machine(),
-                     "clusterlab_cmd": " ".join(Path(a).name for a in clusterlab_cmd())}
+                     "clusterlab_cmd": " ".join(Path(a).name for a in clusterlab_cmd()),
+                     "baseline": BASELINE}
     try:
         if "launch" not in args.skip:
             print("launch: hello + barrier + exit", file=sys.stderr)
