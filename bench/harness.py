@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,7 +20,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from clusterlab.procs import kill_tagged
+from clusterlab.procs import kill_tagged, kill_trees
+from clusterlab.rendezvous import free_port  # noqa: F401  (re-exported for bench/run.py)
 
 TAG = uuid.uuid4().hex
 PYTHON = sys.executable
@@ -131,22 +130,7 @@ def floor(n: int, timeout: float) -> float:
 
 
 def _kill_trees(procs: list[subprocess.Popen]) -> None:
-    family = []
-    for p in procs:
-        try:
-            family += psutil.Process(p.pid).children(recursive=True)
-        except psutil.Error:
-            pass
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for q in family:
-        try:
-            q.kill()
-        except psutil.Error:
-            pass
+    kill_trees([p.pid for p in procs])
     for p in procs:
         try:
             p.wait(timeout=10)
@@ -173,12 +157,6 @@ def _tails(files) -> str:
         except (OSError, ValueError):
             pass
     return "\n".join(out)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def summary(samples: list[float]) -> dict:

@@ -41,7 +41,8 @@ def targets(r: dict) -> list[dict]:
     ours = _median(launch.get("clusterlab"))
     shape = r.get("launch", {}).get("shape", "2x4")
     add(f"launch {shape} / mpirun", ratio(ours, _median(launch.get("mpirun"))), "<=", 0.35, "clusterlab simulate vs mpirun")
-    add(f"launch {shape} / floor", ratio(ours, _median(launch.get("floor"))), "<=", 2.0, "vs the same number of bare interpreters")
+    add(f"launch {shape} / floor", ratio(ours, _median(launch.get("floor"))), "<=", 2.0,
+        "vs the same number of bare interpreters")
     b8 = r.get("barrier", {}).get("8", {}).get("peers", {})
     ours = _median(b8.get("clusterlab"), "mean_us")
     add("barrier w8 / mpi4py", ratio(ours, _median(b8.get("mpi4py"), "mean_us")), "<=", 2.0, "mean latency, 2 nodes x 4")
@@ -119,7 +120,8 @@ def markdown(r: dict) -> str:
                   f"| {_cell(p.get('floor'))} | {_cell(p.get('clusterlab'))} |", ""]
         mem = s.get("memory")
         if isinstance(mem, list):
-            lines += ["Peak resident memory (MB; RSS counts pages an agent still shares with the supervisor it was forked from):", "",
+            lines += ["Peak resident memory (MB; RSS counts pages an agent still shares with the supervisor "
+                      "it was forked from):", "",
                       "| world | supervisor | one agent (max) | one rank (median / max) |", "| --- | --- | --- | --- |"]
             lines += [f"| {x['shape']} | {x['supervisor_mb']:.1f} | {x['agent_mb']:.1f} | "
                       f"{x['rank_median_mb']:.1f} / {x['rank_max_mb']:.1f} |" for x in mem]
@@ -127,7 +129,8 @@ def markdown(r: dict) -> str:
         elif mem:
             lines += ["Peak memory: failed", ""]
     if "site" in r:
-        lines += [f"**4. Site**: `mkdocs build --strict`: {_cell(r['site'], 'seconds') if 'seconds' in r['site'] else _cell(r['site'])} s", ""]
+        site = _cell(r["site"], "seconds") if "seconds" in r["site"] else _cell(r["site"])
+        lines += [f"**4. Site**: `mkdocs build --strict`: {site} s", ""]
     lines += ["**Targets** (ratios from this run)", "", "| target | measured | limit | met |", "| --- | --- | --- | --- |"]
     for t in r.get("targets", []):
         value = "-" if t["value"] is None else f"{t['value']:.2f}"

@@ -83,6 +83,8 @@ def missing(*modules: str) -> str | None:
 
 #: ``--baseline SRC``: an older clusterlab source tree, measured as one more peer beside this one
 BASELINE: str | None = None
+#: ``--peers a,b``: measure only these peers (the others are reported as skipped)
+ONLY: set[str] | None = None
 
 
 def _baseline(fn):
@@ -94,6 +96,8 @@ def _baseline(fn):
 
 def _measure(peers: dict, repeats: int, warmup: int = 1) -> dict:
     """Run every available peer ``warmup + repeats`` times, interleaved; keep the timed rounds."""
+    if ONLY is not None:
+        peers = {name: (skip or (None if name in ONLY else "not in --peers"), fn) for name, (skip, fn) in peers.items()}
     samples: dict[str, list] = {name: [] for name, (skip, _) in peers.items() if not skip}
     failed: dict[str, str] = {}
     for round_ in range(warmup + repeats):
@@ -148,33 +152,42 @@ def _barrier_stats(finished) -> dict:
 
 
 def fig_barrier(worlds: list[tuple[int, int]], n: int, warmup: int, repeats: int, timeout: float) -> dict:
-    loop = str(WORKERS / "barrier_loop.py")
-    relay = str(WORKERS / "relay_floor.py")
     out = {}
     for nnodes, nproc in worlds:
-        world = nnodes * nproc
-        rounds = n if world <= 8 else max(1, n // 4)  # world 32 on 2 cores: gloo takes ~10 ms a barrier
-        args = (str(rounds), str(warmup))
-        peers = {
-            "clusterlab": (None, lambda: _barrier_stats(run_together([simulate(nnodes, nproc, loop, "clusterlab", *args)], timeout))),
-            "baseline": _baseline(lambda: _barrier_stats(run_together(
-                [simulate(nnodes, nproc, loop, "clusterlab", *args, baseline=True)], timeout,
-                env=bench_env(PYTHONPATH=str(BASELINE))))),
-            "relay": (None, lambda: _barrier_stats(run_together([[PYTHON, relay, str(nnodes), str(nproc), *args]], timeout))),
-            "multiprocessing": (None, lambda: _barrier_stats(run_together([[PYTHON, loop, "mp", *args, str(world)]], timeout))),
-            "gloo": (missing("torch"), lambda: _barrier_stats(run_together([simulate(nnodes, nproc, loop, "gloo", *args)], timeout))),
-            "mpi4py": (missing("mpi4py"), lambda: _barrier_stats(run_together([mpirun_cmd(world, loop, "mpi", *args)], timeout))),
-        }
-        print(f"barrier: world {world} ({nnodes}x{nproc}), {rounds} barriers", file=sys.stderr)
-        measured = _measure(peers, repeats, warmup=0)
-        entry = {}
-        for name, v in measured.items():
-            if isinstance(v, dict):
-                entry[name] = v
-            else:
-                entry[name] = {"mean_us": summary([s["mean_us"] for s in v]), "p99_us": summary([s["p99_us"] for s in v])}
-        out[str(world)] = {"shape": f"{nnodes}x{nproc}", "barriers": rounds, "peers": entry}
+        rounds = n if nnodes * nproc <= 8 else max(1, n // 4)  # world 32 on 2 cores: gloo takes ~10 ms a barrier
+        out[str(nnodes * nproc)] = _barrier_world(nnodes, nproc, rounds, warmup, repeats, timeout)
     return out
+
+
+def _barrier_world(nnodes: int, nproc: int, rounds: int, warmup: int, repeats: int, timeout: float) -> dict:
+    loop, relay = str(WORKERS / "barrier_loop.py"), str(WORKERS / "relay_floor.py")
+    world = nnodes * nproc
+    args = (str(rounds), str(warmup))
+
+    def ours(baseline: bool = False) -> dict:
+        env = bench_env(PYTHONPATH=str(BASELINE)) if baseline else None
+        return _barrier_stats(run_together([simulate(nnodes, nproc, loop, "clusterlab", *args, baseline=baseline)],
+                                           timeout, env=env))
+
+    peers = {
+        "clusterlab": (None, ours),
+        "baseline": _baseline(lambda: ours(baseline=True)),
+        "relay": (None, lambda: _barrier_stats(run_together([[PYTHON, relay, str(nnodes), str(nproc), *args]], timeout))),
+        "multiprocessing": (None, lambda: _barrier_stats(run_together([[PYTHON, loop, "mp", *args, str(world)]], timeout))),
+        "gloo": (missing("torch"),
+                 lambda: _barrier_stats(run_together([simulate(nnodes, nproc, loop, "gloo", *args)], timeout))),
+        "mpi4py": (missing("mpi4py"),
+                   lambda: _barrier_stats(run_together([mpirun_cmd(world, loop, "mpi", *args)], timeout))),
+    }
+    print(f"barrier: world {world} ({nnodes}x{nproc}), {rounds} barriers", file=sys.stderr)
+    measured = _measure(peers, repeats, warmup=0)
+    entry = {}
+    for name, v in measured.items():
+        if isinstance(v, dict):
+            entry[name] = v
+        else:
+            entry[name] = {"mean_us": summary([s["mean_us"] for s in v]), "p99_us": summary([s["p99_us"] for s in v])}
+    return {"shape": f"{nnodes}x{nproc}", "barriers": rounds, "peers": entry}
 
 
 # ---------------------------------------------------------------------------- 3. scale
@@ -184,7 +197,8 @@ def _memory_run(nnodes: int, nproc: int, timeout: float) -> dict:
 
     import psutil
 
-    env = bench_env(BENCH_REPORT_RSS="1")
+    sampled = Path(tempfile.mkdtemp(prefix="clusterlab-bench-")) / "sampled"
+    env = bench_env(BENCH_REPORT_RSS=str(sampled))  # the ranks wait for this file before they exit
     proc = subprocess.Popen(simulate(nnodes, nproc, str(WORKERS / "hello_clusterlab.py")), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=env, start_new_session=True, text=True)
     peak = {"supervisor": 0, "agent": 0}
@@ -207,23 +221,25 @@ def _memory_run(nnodes: int, nproc: int, timeout: float) -> dict:
             done.wait(0.02)
 
     def sample_agents() -> None:
-        # A rank reporting BENCH_RSS is alive, so its agent is too: sample the agents on that
-        # event, since at tiny sizes the whole run can slip between two of the sampler's polls.
+        # Every rank has reported BENCH_RSS and waits for `sampled`, so every agent is alive:
+        # sample them now (at tiny sizes the whole run could slip between two of the sampler's polls).
         try:
             for a in psutil.Process(proc.pid).children():
                 peak["agent"] = max(peak["agent"], a.memory_info().rss)
         except psutil.Error:
             pass
+        sampled.touch()
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     watchdog = threading.Timer(timeout, lambda: harness._kill_trees([proc]))
     watchdog.start()
-    lines = []
+    lines, reported = [], 0
     try:
         for line in proc.stdout:
             lines.append(line)
-            if "BENCH_RSS" in line:
+            reported += "BENCH_RSS" in line
+            if reported == nnodes * nproc and "BENCH_RSS" in line:
                 sample_agents()
         proc.wait()
     finally:
@@ -231,6 +247,8 @@ def _memory_run(nnodes: int, nproc: int, timeout: float) -> dict:
         watchdog.cancel()
         done.set()
         sampler.join(5)
+        sampled.unlink(missing_ok=True)
+        sampled.parent.rmdir()
     if timed_out:
         raise BenchFailure(f"memory run {nnodes}x{nproc} timed out")
     output = "".join(lines)
@@ -282,14 +300,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="SRC", default=None,
                    help="also measure the clusterlab package in SRC (e.g. a worktree's src/ at an older commit), "
                    "interleaved with this one, in the launch and barrier figures: before/after, side by side")
+    p.add_argument("--peers", default=None, metavar="A,B",
+                   help="measure only these peers, e.g. clusterlab,baseline,relay (the others are reported as skipped)")
     p.add_argument("--skip", action="append", default=[], choices=["launch", "barrier", "scale", "site"],
                    help="leave a figure out (repeatable)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    global BASELINE
+    global BASELINE, ONLY
     args = get_args_parser().parse_args(argv)
+    if args.peers:
+        ONLY = set(args.peers.split(","))
     if args.baseline:
         BASELINE = str(Path(args.baseline).resolve())
         if not (Path(BASELINE) / "clusterlab" / "__init__.py").is_file():

@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ("launch", "barrier", "scale", "site")
 PEERS = {
-    "launch": {"floor", "clusterlab", "torchrun", "mpirun"},
-    "barrier": {"clusterlab", "relay", "multiprocessing", "gloo", "mpi4py"},
+    "launch": {"floor", "clusterlab", "baseline", "torchrun", "mpirun"},
+    "barrier": {"clusterlab", "baseline", "relay", "multiprocessing", "gloo", "mpi4py"},
     "scale": {"floor", "clusterlab"},
 }
 
@@ -37,8 +37,9 @@ def _measured_or_skipped(entry: dict, keys: tuple[str, ...]) -> None:
 
 @pytest.mark.timeout(600)
 def test_quick_suite_writes_results_of_the_right_shape(tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=580, cwd=ROOT)
+    # --baseline: this same tree, measured a second time as the "before" of a change
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(tmp_path),
+                          "--baseline", str(ROOT / "src")], capture_output=True, text=True, timeout=580, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     results = json.loads((tmp_path / "latest.json").read_text())
 
@@ -51,7 +52,7 @@ def test_quick_suite_writes_results_of_the_right_shape(tmp_path):
     assert set(launch["peers"]) == PEERS["launch"]
     for entry in launch["peers"].values():
         _measured_or_skipped(entry, ("",))
-    assert "median" in launch["peers"]["clusterlab"] and "median" in launch["peers"]["floor"]
+    assert all("median" in launch["peers"][k] for k in ("clusterlab", "floor", "baseline"))
 
     assert results["barrier"], "no barrier world measured"
     for world, w in results["barrier"].items():
@@ -60,7 +61,7 @@ def test_quick_suite_writes_results_of_the_right_shape(tmp_path):
         assert set(w["peers"]) == PEERS["barrier"]
         for entry in w["peers"].values():
             _measured_or_skipped(entry, ("mean_us", "p99_us"))
-        assert "mean_us" in w["peers"]["clusterlab"]
+        assert "mean_us" in w["peers"]["clusterlab"] and "mean_us" in w["peers"]["baseline"]
 
     scale = results["scale"]
     assert set(scale["peers"]) == PEERS["scale"]
@@ -79,3 +80,4 @@ def test_quick_suite_writes_results_of_the_right_shape(tmp_path):
 
     table = (tmp_path / "latest.md").read_text()
     assert machine["date"] in table and "| target |" in table and "clusterlab simulate" in table
+    assert "baseline at world" in table
