@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE / "src"))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE / "src"), os.environ.get("PYTHONPATH")]))
 
 from clusterlab.cli import main as clusterlab_main  # noqa: E402
+from clusterlab.config import DEFAULT_MASTER_PORT  # noqa: E402
 from clusterlab.errors import UsageError  # noqa: E402
 from clusterlab.layout import ClusterLayout  # noqa: E402
 
@@ -74,11 +75,12 @@ def plan(args: argparse.Namespace) -> list[str]:
     if world is not None:
         layout = ClusterLayout.from_world_size(world, args.nproc_per_node)
         if args.nnodes is not None and args.nnodes != layout.nnodes:
-            raise UsageError(f"--nnodes {args.nnodes} disagrees with WORLD_SIZE={world} / {args.nproc_per_node} per node = {layout.nnodes}")
+            raise UsageError(f"--nnodes {args.nnodes} disagrees with WORLD_SIZE={world} / {args.nproc_per_node} "
+                             f"per node = {layout.nnodes}")
     else:
         layout = ClusterLayout(args.nnodes or 2, args.nproc_per_node)
     addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
-    port = os.environ.get("MASTER_PORT", "0" if not args.only_this_node else "29500")
+    port = os.environ.get("MASTER_PORT", "0" if not args.only_this_node else str(DEFAULT_MASTER_PORT))
     if found:
         print("read from the environment: " + " ".join(f"{k}={v}" for k, v in found.items()))
         print(f"  WORLD_SIZE={layout.world_size} with {layout.nproc_per_node} ranks per node -> {layout.nnodes} node(s)")

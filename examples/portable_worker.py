@@ -24,7 +24,7 @@ try:
     import torch.distributed as dist
 except ImportError:
     print("torch is not installed: skipping the all-reduce")
-    raise SystemExit(0)
+    raise SystemExit(0) from None
 
 # torch's default init_method "env://" reads RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT.
 # torchrun and clusterlab set them; srun does not, so fill them in from the rank view

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 import selectors
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from clusterlab.rendezvous import free_port  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^\[node(\d+) rank(\d+) local(\d+)\] (.*)$")
@@ -55,12 +56,6 @@ def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 30) -> 
             *complete, partial[0] = data.split(b"\n")
             pending += [c.decode(errors="replace") for c in complete]
     raise AssertionError(f"no line matching {pattern!r} within {timeout}s; got: {lines[-20:]}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank_lines(text: str) -> dict[int, list[str]]:

@@ -1,6 +1,5 @@
 """The barrier's decisions, without processes: release, mismatch, timeout."""
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -56,8 +55,8 @@ def test_a_rank_that_exited_fails_the_rounds_it_never_entered():
     assert table.arrive(0, 1, "next", 60, None, 0).error.startswith("barrier 'next' (collective call #1) can never")
 
 
-# A node's agent reports "every rank of this node entered plain barrier seq" as one
-# arrival (GatherTable.arrive_node); the reference is the same arrivals one rank at a time.
+# A node's agent reports "these ranks entered barrier seq" as one arrival
+# (GatherTable.arrive_ranks); the reference is the same arrivals one rank at a time.
 _events = st.lists(st.one_of(
     st.tuples(st.just("node"), st.integers(0, 2), st.integers(0, 2), st.sampled_from(["a", "b"]), st.sampled_from([5.0, 9.0])),
     st.tuples(st.just("rank"), st.integers(0, 5), st.integers(0, 2), st.sampled_from(["a", "b"]), st.sampled_from([None, 7])),
@@ -70,14 +69,15 @@ def _same(outcomes):
 
 
 @given(_events)
-def test_a_node_arriving_at_once_is_its_ranks_arriving_one_by_one(events):
+def test_ranks_arriving_as_a_block_are_ranks_arriving_one_by_one(events):
     layout = ClusterLayout(3, 2)
     fast, ref = GatherTable(layout), GatherTable(layout)
     for now, event in enumerate(events):
         if event[0] == "node":
             _, node, seq, name, timeout = event
-            got = fast.arrive_node(layout.ranks_on(node), seq, name, timeout, float(now))
-            want = [o for r in layout.ranks_on(node) if (o := ref.arrive(r, seq, name, timeout, None, float(now)))]
+            ranks = list(layout.ranks_on(node))
+            got = fast.arrive_ranks(ranks, seq, name, timeout, float(now))
+            want = [o for r in ranks if (o := ref.arrive(r, seq, name, timeout, None, float(now)))]
         elif event[0] == "rank":
             _, rank, seq, name, data = event
             got = [o for o in [fast.arrive(rank, seq, name, 5.0, data, float(now))] if o]
@@ -87,10 +87,3 @@ def test_a_node_arriving_at_once_is_its_ranks_arriving_one_by_one(events):
         assert _same(got) == _same(want)
         assert fast.next_deadline() == ref.next_deadline()
     assert _same(fast.expire(1e9)) == _same(ref.expire(1e9))
-
-
-def test_arrive_node_refuses_what_is_not_a_collective_call():
-    table = GatherTable(ClusterLayout(2, 2))
-    for seq, name, timeout in [("0", "a", 5.0), (0, 3, 5.0), (0, "a", "5")]:
-        with pytest.raises(ValueError):
-            table.arrive_node(range(0, 2), seq, name, timeout, 0.0)

@@ -11,9 +11,9 @@ import json
 import os
 
 import pytest
+from helpers import clusterlab, rank_lines, write
 
 from clusterlab.run import split_cpus
-from helpers import clusterlab, rank_lines, write
 
 
 @pytest.mark.parametrize("nnodes, ncpus", [(2, 2), (2, 5), (3, 8), (4, 4), (2, 64)])

@@ -91,7 +91,7 @@ def test_signals_start_at_their_defaults(spawn_mode):
     try:
         # grep reads its own status: what the worker inherited (the shell itself blocks signals
         # around its forks, so reading the shell's status from a child races with that)
-        code, out, _ = _run(["/bin/sh", "-c", "exec grep -E '^Sig(Ign|Blk)' /proc/self/status"])
+        _, out, _ = _run(["/bin/sh", "-c", "exec grep -E '^Sig(Ign|Blk)' /proc/self/status"])
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     masks = {line.split(":")[0]: int(line.split()[1], 16) for line in out.splitlines()}

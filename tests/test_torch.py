@@ -1,7 +1,6 @@
 """A torchrun-style gloo script runs unchanged under clusterlab (skipped without torch)."""
 
 import pytest
-
 from helpers import ROOT, clusterlab, free_port, start
 
 torch = pytest.importorskip("torch", reason="torch is not installed: `pip install torch` (CI installs the CPU build)")

@@ -7,9 +7,9 @@ What an agent does, in phases (the same phases as torchrun's elastic agent):
    has connected and said a hello that fits the job, then closes the listening
    socket so torch's own rank 0 can bind ``MASTER_PORT`` for its TCPStore.
 2. **Run** (:mod:`clusterlab.workers`). Each agent starts ``nproc_per_node``
-   workers with torchrun's environment, prefixes their output, and carries their
-   collective calls: worker -> agent (pipe) -> master (TCP) and back
-   (:mod:`clusterlab.channel`, :mod:`clusterlab.barrier`).
+   workers with torchrun's environment and prefixes their output; its
+   :class:`~clusterlab.relay.NodeRelay` carries their collective calls to the
+   master and the results back (:mod:`clusterlab.protocol` spells every hop).
 3. **Failure** (:mod:`clusterlab.coordinator`). A worker that exits non-zero or
    dies by a signal makes its agent stop the node's other workers and report to
    the master, which tells every agent to stop - or, with ``--max-restarts``, to
@@ -22,52 +22,34 @@ What an agent does, in phases (the same phases as torchrun's elastic agent):
 
 Everything runs in one thread around one :class:`~clusterlab.loop.Loop`; every
 wait in it has a deadline. This module is the glue: it routes messages between
-the workers, the link to the master and (on node 0) the coordinator.
+the relay, the link to the master and (on node 0) the coordinator, sends
+heartbeats, and leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import os
-import select
 import signal
 import socket
 import time
-from collections import deque, namedtuple
+from collections import deque
+from collections.abc import Iterable
 from functools import partial
 
-from . import rendezvous
+from . import protocol, rendezvous
+from .config import AgentConfig
 from .coordinator import Coordinator
 from .loop import Loop
 from .output import log
+from .relay import NodeRelay
 from .rendezvous import Peer
-from .wire import ProtocolError, dumps, encode, frame
-from .workers import MAX_ARRIVAL, Worker, WorkerGroup
+from .wire import ProtocolError, encode
+from .workers import Worker, WorkerGroup
 
 HEARTBEAT_INTERVAL = 1.0
 #: bytes asked of a peer's socket per read. Under glibc's mmap threshold (128 KiB): a 1 MiB
 #: buffer cost an mmap, an mremap and a munmap on every message, six system calls per barrier.
 RECV_SIZE = 1 << 16
-#: the longest a node agent holds its workers' arrivals before sending an incomplete set
-ARRIVAL_HOLD = 0.005
-#: a peer silent for this long is declared lost (CLUSTERLAB_HEARTBEAT_TIMEOUT overrides)
-HEARTBEAT_TIMEOUT = float(os.environ.get("CLUSTERLAB_HEARTBEAT_TIMEOUT", "15"))
-#: a barrier's release between agents: every rank's data was None, so the world's result is null
-_RELEASE = b'{"t":"result","attempt":%d,"seq":%d,"data":null}'
-#: what a handler raises on a message with missing or mistyped fields (checked by the fault suite)
-_MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError)
-
-
-class AgentConfig(namedtuple("AgentConfig", [
-    "layout", "argv", "master_addr", "master_port", "run_id", "role", "max_restarts", "rdzv_timeout",
-    "log_dir", "console_streams", "local_ranks_filter", "barrier_trace", "term_timeout",
-], defaults=("127.0.0.1", 29500, "none", "default", 0, 300.0, None, frozenset({"stdout", "stderr"}), None, None, 5.0))):
-    """Everything an agent needs to know; built by :mod:`clusterlab.run` from the flags.
-
-    ``layout`` (a :class:`~clusterlab.layout.ClusterLayout`) and ``argv`` (the worker
-    command) are required; the rest default as torchrun's flags do.
-    """
-
-    __slots__ = ()
 
 
 class NodeAgent:
@@ -79,32 +61,22 @@ class NodeAgent:
         self.cfg, self.layout, self.node_rank = config, config.layout, node_rank
         self.hostname = hostname or socket.gethostname()
         self.is_master = node_rank == 0
-        self.listener = listener
-        self.print_summary = print_summary
+        self.listener, self.print_summary = listener, print_summary
         self.lifeline = lifeline  # a pipe whose EOF means the launcher that started this agent died
         self.loop = Loop()
-        self.group: WorkerGroup | None = None
-        self.coordinator = Coordinator(self.layout, config.max_restarts, self._to_nodes, self._release) if self.is_master else None
-        self.peers: dict[int, Peer] = {}  # master: the other agents
-        self.master: Peer | None = None  # others: the link to the master
+        self.group = WorkerGroup(self.loop, config, node_rank, self.hostname, self._on_worker_exit)
+        self.relay = NodeRelay(self.group, self._to_master, self.is_master)
+        self.group.on_request = self.relay.on_data
+        self.coordinator = Coordinator(self.layout, config.max_restarts, self._to_nodes) if self.is_master else None
+        #: links to other agents by node rank: on the master every other node's, elsewhere the master's (0)
+        self.peers: dict[int, Peer] = {}
+        self.master: Peer | None = None  # (not on the master) the link to node 0
         self.hosts = [""] * self.layout.nnodes
         self.attempt = 0
         self.exit_code: int | None = None
-        self._arrivals: list = []
-        self._arrival_bytes = 0
-        # the barrier lane: workers that entered the same plain barrier, counted before the master hears
-        self._lane: list[Worker] = []
-        self._lane_seq = -1
-        self._lane_key: tuple | None = None  # (name, timeout), the same object for every rank (WorkerGroup)
-        self._lane_tails: dict[tuple, bytes] = {}
-        self._awaited: tuple = (None, -1)  # (frame, seq): the release of the last barrier this node entered
-        self._hold_until = float("inf")  # when held arrivals go to the master even if the node is incomplete
-        #: a barrier's release line for the workers, %d for its number: the world's Nones, in rank order
-        self._released = b'{"seq":%d,"data":[' + b",".join([b"null"] * self.layout.world_size) + b"]}\n"
-        self._inbox_master: deque = deque()  # (node, message) for the coordinator on node 0
-        self._inbox_agent: deque = deque()  # messages from the coordinator to this agent
-        self._next_heartbeat = 0.0
-        self._interrupt_handled = False
+        self._inbox_master: deque[tuple[int, dict]] = deque()  # (node, message) for the coordinator on node 0
+        self._inbox_agent: deque[dict] = deque()  # messages from the coordinator to this agent
+        self._next_heartbeat, self._interrupt_handled = 0.0, False
         self._final = False  # a stop or finish came from the master: its disconnect is expected
 
     # ------------------------------------------------------------------ entry point
@@ -113,8 +85,6 @@ class NodeAgent:
         self.loop.catch_signals()
         if self.lifeline is not None:
             self.loop.on_read(self.lifeline, self._launcher_gone)
-        self.group = WorkerGroup(self.loop, self.cfg, self.node_rank, self.hostname,
-                                 self._on_request, self._on_worker_exit, self._on_barrier)
         try:
             if self._rendezvous():
                 self.group.start(self.attempt, tick=self._tick)
@@ -130,24 +100,18 @@ class NodeAgent:
         return self.exit_code if self.exit_code is not None else 1
 
     def _step(self) -> None:
+        """One turn of the loop: wait for the next event or deadline, then act on what is due."""
         now = time.monotonic()
-        deadline = min(self.group.kill_at, self._next_heartbeat, self._hold_until)
-        expires = float("inf")
-        if self.coordinator:  # the barrier table keeps wall-clock deadlines
-            expires = self.coordinator.table.next_deadline()
-            if expires < float("inf"):
-                deadline = min(deadline, now + (expires - time.time()))
-        self.loop.poll(min(deadline - now, self.group.poll()))
-        if self._arrivals or self._lane:
-            self._flush_arrivals(force=False)
-        if self._inbox_master or self._inbox_agent:
-            self._drain_inboxes()
+        expires = self.coordinator.next_deadline() if self.coordinator else float("inf")
+        due = min(self.group.kill_at, self._next_heartbeat, self.relay.hold_until, expires)
+        self.loop.poll(min(due - now, self.group.poll()))
+        now = time.monotonic()
+        if now >= self.relay.hold_until:
+            self.relay.tick(now)
         if self.loop.signal is not None and not self._interrupt_handled:
             self._interrupted(self.loop.signal)
-        if expires < float("inf") and time.time() >= expires:  # a round that began during this poll is due later
-            self.coordinator.expire(time.time())
-        now = time.monotonic()
-        # (each check is guarded here: this runs on every wake-up, twice or more per barrier)
+        if now >= expires:  # (a round that began during this poll is due later: the next turn sees it)
+            self.coordinator.expire(now)  # type: ignore[union-attr]
         if now >= self.group.kill_at:
             self.group.check_deadline(now)
         if now >= self._next_heartbeat:
@@ -158,122 +122,55 @@ class NodeAgent:
             self._drain_inboxes()
 
     def _rendezvous(self) -> bool:
-        cfg = self.cfg
-        self.hosts[self.node_rank] = self.hostname
+        """Phase 1: meet the other agents; False (with :attr:`exit_code` set) if the job cannot start."""
+        cfg, loop = self.cfg, self.loop
         if self.is_master:
-            listener = self.listener or rendezvous.listen(cfg.master_addr, cfg.master_port)
-            self.listener = None  # serve() closes it
-            result = rendezvous.serve(self.loop, cfg, listener, log, announce=self.print_summary)
-            if isinstance(result, int):
-                self.exit_code = result
+            listener, self.listener = self.listener or rendezvous.listen(cfg.master_addr, cfg.master_port), None
+            served = rendezvous.serve(loop, cfg, listener, self.hostname, log, announce=self.print_summary)
+            if isinstance(served, int):
+                self.exit_code = served
                 return False
-            self.peers = result
-            for node, peer in self.peers.items():
-                self.hosts[node] = peer.host
-            for peer in self.peers.values():
-                self.loop.on_read(peer.sock.fileno(), partial(self._read_peer, peer))
-                peer.send({"t": "welcome", "hosts": self.hosts})
-                peer.last_seen = time.monotonic()  # no heartbeats flow during rendezvous: the clock starts now
-            return True
-        result = rendezvous.join(self.loop, cfg, self.node_rank, self.hostname, log, announce=self.print_summary)
-        if isinstance(result, int):
-            self.exit_code = result
-            return False
-        self.master, self.hosts, early = result
-        self.loop.on_read(self.master.sock.fileno(), partial(self._read_peer, self.master))
-        self._inbox_agent.extend(early)
+            self.peers, self.hosts = served
+        else:
+            joined = rendezvous.join(loop, cfg, self.node_rank, self.hostname, log, announce=self.print_summary)
+            if isinstance(joined, int):
+                self.exit_code = joined
+                return False
+            self.master, self.hosts, early = joined
+            self.peers = {0: self.master}
+            self._inbox_agent.extend(early)
+        for peer in self.peers.values():
+            loop.on_read(peer.sock.fileno(), partial(self._read_peer, peer))
         return True
 
     # ------------------------------------------------------------------ from the workers
-    def _on_barrier(self, w: Worker, seq: int, key: tuple) -> None:
-        """The barrier lane: ``w`` entered plain barrier ``seq`` (``key`` is its (name, timeout)).
-
-        The common case by far is every worker of the node entering the same
-        plain barrier - no data, the same name and timeout. The lane only counts
-        them; when the last one is in, the node's share crosses to the master as
-        one small message (``"node": [seq, name, timeout]``) instead of one record
-        per rank. Anything else - another barrier, data, a rank missing for longer
-        than :data:`ARRIVAL_HOLD` - turns the lane into ordinary arrivals.
-        """
-        lane = self._lane
-        if lane:
-            if seq != self._lane_seq or key is not self._lane_key:
-                self._on_request(w, seq, key[0], key[1], None, 0)
-                return
-        elif self._arrivals:
-            self._on_request(w, seq, key[0], key[1], None, 0)
-            return
-        else:
-            self._lane_seq, self._lane_key = seq, key
-            self._hold_until = time.monotonic() + ARRIVAL_HOLD
-        lane.append(w)
-        if len(lane) == len(self.group.workers):  # the whole node is in
-            self._lane = []
-            self._hold_until = float("inf")
-            if self.group.stopping:
-                return
-            if self.is_master:
-                self._inbox_master.append((0, {"t": "arrive", "attempt": self.attempt, "node": [seq, key[0], key[1]]}))
-            elif self.master is not None:
-                tail = self._lane_tails.get(key)
-                if tail is None:  # the message's end for this barrier, spelled once
-                    tail = self._lane_tails[key] = b",%s,%s]}" % (dumps(key[0]), dumps(key[1]))
-                self.master.send_frame(frame(b'{"t":"arrive","attempt":%d,"node":[%d' % (self.attempt, seq) + tail))
-                self._awaited = frame(_RELEASE % (self.attempt, seq)), seq  # what the master will answer
-
-    def _unlane(self) -> None:
-        """Turn the workers counted in the lane into ordinary arrivals."""
-        lane, self._lane = self._lane, []
-        name, timeout = self._lane_key
-        for w in lane:
-            self._arrivals.append([w.rank, self._lane_seq, name, timeout, None])
-
-    def _on_request(self, w: Worker, seq: int, name: str, timeout: float, data, nbytes: int) -> None:
-        if self._lane:
-            self._unlane()
-        if self._arrival_bytes + nbytes > MAX_ARRIVAL:
-            self._flush_arrivals()  # keep every 'arrive' frame under MAX_FRAME
-        if not self._arrivals:
-            self._hold_until = time.monotonic() + ARRIVAL_HOLD
-        self._arrival_bytes += nbytes
-        self._arrivals.append([w.rank, seq, name, timeout, data])
-
-    def _flush_arrivals(self, force: bool = True) -> None:
-        """Send the held arrivals to the master as one message: the node's share of the round.
-
-        The hierarchical part of the barrier: a node's agent waits until all its
-        workers have arrived, then crosses the network once. Arrivals wait at most
-        :data:`ARRIVAL_HOLD` for slow local ranks, so the master always knows who
-        is in a round (its timeout errors name exactly the ranks that never came).
-        Node 0's agent is the master: its arrivals need no network and go at once.
-        """
-        if self._lane and (force or time.monotonic() >= self._hold_until or self.group.all_waiting):
-            self._unlane()  # (all waiting: the others came another way - e.g. with data - and wait too)
-        if not self._arrivals:
-            return
-        if not (force or self.is_master or self.group.all_waiting or time.monotonic() >= self._hold_until):
-            return
-        if not self.group.stopping:
-            self._to_master({"t": "arrive", "attempt": self.attempt, "items": self._arrivals})
-        self._arrivals = []
-        self._arrival_bytes = 0
-        self._hold_until = float("inf")
-
     def _on_worker_exit(self, w: Worker) -> None:
-        self._flush_arrivals()  # what the node's workers did before this exit reaches the master first
+        self.relay.exited(w)  # what the node's workers did before this exit reaches the master first
         if w.returncode != 0:
-            self._to_master({
-                "t": "failed", "attempt": self.attempt, "node": self.node_rank, "host": self.hostname,
-                "rank": w.rank, "local_rank": w.local_rank, "pid": w.proc.pid, "returncode": w.returncode,
-                "time": time.time(), "tail": list(w.pumps["stderr"].tail),
-            })
+            self._to_master(protocol.failed(self.attempt, self.node_rank, self.hostname, w.rank, w.local_rank,
+                                            w.proc.pid, w.returncode or 0, time.time(), list(w.pumps["stderr"].tail)))
             self.group.stop()
         elif self.group.all_done:
-            self._to_master({"t": "done", "attempt": self.attempt, "node": self.node_rank})
+            self._to_master(protocol.done(self.attempt, self.node_rank))
         else:  # the others may be waiting for it in a barrier it will never call
-            self._to_master({"t": "exited", "attempt": self.attempt, "rank": w.rank})
+            self._to_master(protocol.exited(self.attempt, w.rank))
 
     # ------------------------------------------------------------------ between agents
+    def _to_master(self, msg: dict) -> None:
+        if self.is_master:
+            self._inbox_master.append((0, msg))
+        elif self.master is not None:
+            self.master.send(msg)
+
+    def _to_nodes(self, nodes: Iterable[int], msg: dict) -> None:
+        framed = None  # encoded once, however many nodes it goes to
+        for node in nodes:
+            if node == self.node_rank:
+                self._inbox_agent.append(msg)
+            elif node in self.peers:
+                framed = framed or encode(msg)
+                self.peers[node].send_frame(framed)
+
     def _read_peer(self, peer: Peer) -> None:
         try:
             data = peer.sock.recv(RECV_SIZE)
@@ -281,9 +178,8 @@ class NodeAgent:
             return
         except OSError:
             data = b""
-        if data == self._awaited[0] and not peer.decoder.pending and not self._inbox_agent:
-            peer.last_seen = time.monotonic()  # the release of this node's barrier, byte for byte
-            self.group.deliver(self._awaited[1], self._released % self._awaited[1])
+        if peer is self.master and peer.between_frames and not self._inbox_agent and self.relay.released(data):
+            peer.last_seen = time.monotonic()  # the release this node awaited, recognised without decoding
             return
         try:
             messages = peer.decoder.feed(data) if data else None
@@ -295,67 +191,34 @@ class NodeAgent:
             self._lost(peer)
             return
         peer.last_seen = time.monotonic()
-        for msg in messages:
-            if peer is self.master:
-                self._inbox_agent.append(msg)
-            else:
-                self._inbox_master.append((peer.node_rank, msg))
+        if peer is self.master:
+            self._inbox_agent.extend(messages)
+        else:
+            self._inbox_master.extend((peer.node_rank, msg) for msg in messages)  # type: ignore[misc]
 
     def _lost(self, peer: Peer) -> None:
         if peer.closed:
             return
-        peer.closed = True
         self.loop.forget(peer.sock.fileno())
-        peer.sock.close()
+        peer.close()
         if peer is self.master:
             if self.exit_code is None and not self._final:
                 log(f"node{self.node_rank}: lost the master agent (node0 at {self.cfg.master_addr}:"
                     f"{self.cfg.master_port}); stopping this node's workers")
                 self.group.after_stop(lambda: self._exit(1))
-        else:
-            self.coordinator.fail(f"the agent of node{peer.node_rank} ({self.hosts[peer.node_rank]}) was lost "
+        elif self.coordinator:
+            self.coordinator.fail(f"the agent of node{peer.node_rank} ({self.hosts[peer.node_rank or 0]}) was lost "
                                   "(connection closed or heartbeat missed)")
-
-    def _to_master(self, msg: dict) -> None:
-        if self.is_master:
-            self._inbox_master.append((0, msg))
-        elif self.master is not None:
-            self.master.send(msg)
-
-    def _to_nodes(self, nodes, msg: dict) -> None:
-        framed = None  # encoded once, however many nodes it goes to
-        for node in nodes:
-            if node == self.node_rank:
-                self._inbox_agent.append(msg)
-            elif node in self.peers:
-                framed = framed or encode(msg)
-                self.peers[node].send_frame(framed)
-
-    def _release(self, nodes, seq: int) -> None:
-        """Let every rank of ``nodes`` out of plain barrier ``seq``: the result is a world of nulls,
-        so the message (``{"t": "result", ..., "data": null}``) and the workers' line are spelled here."""
-        framed = None
-        for node in nodes:
-            if node == self.node_rank:
-                self.group.deliver(seq, self._released % seq)
-            elif node in self.peers:
-                framed = framed or frame(_RELEASE % (self.coordinator.attempt, seq))
-                self.peers[node].send_frame(framed)
 
     def _drain_inboxes(self) -> None:
         while self._inbox_master or self._inbox_agent:
-            while self._inbox_master:
-                node, msg = self._inbox_master.popleft()
-                try:
-                    self.coordinator.handle(node, msg)
-                except _MALFORMED as exc:  # a peer passed the hello, then sent nonsense: stop, do not crash
-                    self.coordinator.fail(f"node{node} sent a malformed {str(msg.get('t'))[:20]!r} message "
-                                          f"({type(exc).__name__}: {str(exc)[:100]}); stopping the job")
+            while self._inbox_master and self.coordinator:
+                self.coordinator.handle(*self._inbox_master.popleft())
             while self._inbox_agent:
                 msg = self._inbox_agent.popleft()
                 try:
                     self._handle(msg)
-                except _MALFORMED as exc:
+                except protocol.MALFORMED as exc:
                     if not self._final:
                         self._final = True
                         log(f"node{self.node_rank}: the master sent a malformed {str(msg.get('t'))[:20]!r} "
@@ -366,23 +229,14 @@ class NodeAgent:
         """One message from the coordinator to this agent."""
         kind = msg.get("t")
         if kind == "result":
-            if msg.get("attempt") != self.attempt:
-                return
-            seq = msg["seq"]
-            if "error" in msg:
-                reply, ranks = {"seq": seq, "error": msg["error"]}, set(msg.get("ranks", ()))
-                self.group.deliver(seq, dumps(reply) + b"\n", ranks)
-            elif msg["data"] is None:  # a barrier's release: every rank's data was None
-                self.group.deliver(seq, self._released % int(seq))
-            else:
-                self.group.deliver(seq, dumps({"seq": seq, "data": msg["data"]}) + b"\n")
+            if msg.get("attempt") == self.attempt:
+                self.relay.deliver(msg)
         elif kind == "restart":
-            self.attempt = msg["attempt"]
+            self.attempt = int(msg["attempt"])
             self.group.after_stop(self._restarted)
         elif kind == "start":
             if msg["attempt"] == self.attempt:
-                self._lane, self._arrivals, self._arrival_bytes = [], [], 0  # nothing of the last attempt
-                self._hold_until = float("inf")
+                self.relay.restart(self.attempt)
                 self.group.start(self.attempt, tick=self._tick)
         elif kind == "stop":
             self._final = True
@@ -397,19 +251,22 @@ class NodeAgent:
 
     def _restarted(self) -> None:
         self.group.close_streams()
-        self._to_master({"t": "stopped", "attempt": self.attempt})
+        self._to_master(protocol.stopped(self.attempt))
 
+    # ------------------------------------------------------------------ signals, heartbeats, shutdown
     def _interrupted(self, signum: int) -> None:
         self._interrupt_handled = True
         reason = f"interrupted by {signal.Signals(signum).name} on node{self.node_rank}"
-        if self.is_master:
+        if self.coordinator:
             self.coordinator.fail(reason, code=128 + signum)
         else:
-            self._to_master({"t": "abort", "reason": reason, "code": 128 + signum})
+            self._to_master(protocol.abort(reason, 128 + signum))
             self.group.after_stop(lambda: self._exit(128 + signum))
 
     def _launcher_gone(self) -> None:
         """The launcher died (its end of the lifeline closed): stop this node as on SIGHUP."""
+        if self.lifeline is None:
+            return
         self.loop.forget(self.lifeline)
         os.close(self.lifeline)
         self.lifeline = None
@@ -421,39 +278,23 @@ class NodeAgent:
         if self.exit_code is None:
             self.exit_code = code
 
-    # ------------------------------------------------------------------ heartbeats and shutdown
     def _tick(self) -> None:
-        # Starting hundreds of workers on 2 cores can keep the agent busy for longer than
-        # HEARTBEAT_TIMEOUT (64 x 8 ranks: 10-40 s): keep telling the other agents we are alive.
+        # Starting hundreds of workers on 2 cores can keep the agent busy for longer than the
+        # heartbeat timeout (64 x 8 ranks: 10-40 s): keep telling the other agents we are alive.
         self._heartbeats(time.monotonic(), check=False)
 
     def _heartbeats(self, now: float, check: bool = True) -> None:
         """Send a heartbeat on every link when one is due; with ``check``, declare silent peers lost."""
-        if now < self._next_heartbeat:
-            return
-        self._next_heartbeat = now + HEARTBEAT_INTERVAL
-        links = list(self.peers.values()) if self.is_master else ([self.master] if self.master else [])
-        for peer in links:
-            if peer.closed:
-                continue
-            if check and now - peer.last_seen > HEARTBEAT_TIMEOUT:
-                self._lost(peer)
-            else:
-                peer.send({"t": "hb"})
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + HEARTBEAT_INTERVAL
+            for peer in list(self.peers.values()):
+                if not peer.heartbeat(now, self.cfg.heartbeat_timeout if check else float("inf")):
+                    self._lost(peer)
 
     def _shutdown(self) -> None:
         """Leave nothing behind: workers killed, messages flushed, sockets closed."""
-        if self.group is not None:
-            self.group.shutdown()
-        links = list(self.peers.values()) + ([self.master] if self.master else [])
-        deadline = time.monotonic() + 2.0
-        for peer in links:
-            while peer.out.buf and not peer.out.broken and time.monotonic() < deadline:
-                select.select([], [peer.sock], [], max(0.0, deadline - time.monotonic()))
-                peer.out.flush()
-            if not peer.closed:
-                peer.sock.close()
-                peer.closed = True
+        self.group.shutdown()
+        rendezvous.close_links(self.peers.values(), grace=2.0)
         if self.listener is not None:
             self.listener.close()
         self.loop.close()

@@ -18,7 +18,8 @@ table answers with an :class:`Outcome` when a round completes or fails:
 * **timeout** - some ranks did not arrive within the timeout of the first rank
   that did: an error naming the ranks (and their nodes) that never came.
 
-The table is pure logic: no sockets, no clocks of its own (``now`` is passed in).
+The table is pure logic: no sockets, no clocks of its own (``now`` is passed in:
+the coordinator passes the monotonic clock).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Outcome(namedtuple("Outcome", "seq ranks data error", defaults=(None, None
 class _Round:
     """One collective round in progress: who arrived, under which name, with what data."""
 
-    __slots__ = ("seq", "name", "names", "data", "deadline", "timeout", "error")
+    __slots__ = ("data", "deadline", "error", "name", "names", "seq", "timeout")
 
     def __init__(self, seq: int, name: str, names: dict | None = None, data: dict | None = None) -> None:
         self.seq = seq
@@ -102,27 +103,10 @@ class GatherTable:
             return self._abandon(rnd)
         return None
 
-    def arrive_all(self, items, now: float, ranks: range) -> list[Outcome]:
-        """:meth:`arrive` for a node's batch of ``[rank, seq, name, timeout, data]`` items;
-        ``ValueError`` for an item that is not a collective call of ``ranks``."""
-        out = []
-        for rank, seq, name, timeout, data in items:
-            if rank not in ranks or not isinstance(seq, int) or not isinstance(timeout, (int, float)):
-                raise ValueError(f"rank {rank!r} seq {seq!r} timeout {timeout!r} is not a collective call of this node")
-            outcome = self.arrive(rank, seq, str(name), timeout, data, now)
-            if outcome:
-                out.append(outcome)
-        return out
-
-    def arrive_node(self, ranks: range, seq: int, name: str, timeout: float, now: float) -> list[Outcome]:
-        """Every rank in ``ranks`` (one node's) entered round ``seq`` as a barrier (no data).
-
-        The usual case - a round that is open under the same name, none of these
-        ranks in it yet - is a few dictionary updates; anything else is :meth:`arrive`
-        for each rank. ``ValueError`` for values that are not a collective call.
-        """
-        if not isinstance(seq, int) or not isinstance(timeout, (int, float)) or not isinstance(name, str):
-            raise ValueError(f"seq {seq!r} name {name!r} timeout {timeout!r} is not a collective call")
+    def arrive_ranks(self, ranks: list[int], seq: int, name: str, timeout: float, now: float) -> list[Outcome]:
+        """Every rank in ``ranks`` entered round ``seq`` as the same barrier (no data): :meth:`arrive`
+        for each, as one block. The usual case - a round open under the same name, none of these
+        ranks in it yet - is a few dictionary updates (the property test checks it against arrive)."""
         rnd = self._rounds.get(seq)
         if rnd is None and not self._gone:
             rnd = self._rounds[seq] = _Round(seq, name, dict.fromkeys(ranks, name), dict.fromkeys(ranks))
@@ -137,7 +121,7 @@ class GatherTable:
         if len(rnd.names) < self.world:
             return []
         del self._rounds[seq]
-        return [Outcome(seq, self._everyone, data=list(map(rnd.data.__getitem__, self._everyone)))]
+        return [Outcome(seq, self._everyone, data=[None] * self.world)]
 
     def leave(self, rank: int) -> list[Outcome]:
         """``rank``'s process ended normally: rounds it has not entered can never complete.
@@ -165,6 +149,8 @@ class GatherTable:
 
     def next_deadline(self) -> float:
         """The earliest moment a pending round times out (``inf`` if none)."""
+        if not self._rounds:  # (between barriers: the agents ask on every wake-up)
+            return float("inf")
         return min((r.deadline for r in self._rounds.values() if r.error is None), default=float("inf"))
 
     def expire(self, now: float) -> list[Outcome]:

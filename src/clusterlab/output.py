@@ -96,7 +96,7 @@ class StreamPump:
         self.console_fd = console_fd
         self.lines = LineBuffer()
         self.tail: deque[str] = deque(maxlen=tail or None) if tail else deque(maxlen=0)
-        self._log = open(log_path, "ab", buffering=0) if log_path else None  # noqa: SIM115
+        self._log = open(log_path, "ab", buffering=0) if log_path else None
 
     def feed(self, data: bytes) -> None:
         self._emit(self.lines.feed(data))

@@ -195,7 +195,7 @@ class Process:
                 if left <= 0:
                     raise TimeoutError(f"process {self.pid} is still running after {timeout:g}s")
                 _sleep_until_exit(self.pid, left)
-        if self.returncode is None:
+        while self.returncode is None:
             self._reap(block=True)
         return self.returncode
 
@@ -245,8 +245,10 @@ def spawn(argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = (), 
     if path is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
     prefix = setpriv_prefix()
-    if not prefix and sys.platform.startswith("linux"):
-        return _spawn_with_prctl(path, argv, env, pass_fds, cwd)
+    if cwd is not None or (not prefix and sys.platform.startswith("linux")):
+        # Python's posix_spawn has no chdir action, and changing this process's directory
+        # around the spawn would change it for everything else in the process too
+        return _spawn_with_popen(path, argv, env, pass_fds, cwd, prefix)
     # Not covered: an agent killed in the ~1 ms between the spawn and setpriv's prctl. Under
     # `simulate` the launcher, a subreaper, adopts and sweeps such a worker.
     program, args = (prefix[0], [*prefix, *argv]) if prefix else (path, list(argv))
@@ -255,12 +257,9 @@ def spawn(argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = (), 
     err_r, err_w = os.pipe()
     actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
-    here = os.getcwd() if cwd is not None else None
     try:
         for fd in pass_fds:
             os.set_inheritable(fd, True)
-        if cwd is not None:
-            os.chdir(cwd)  # Python's posix_spawn has no chdir action: the child inherits ours
         pid = os.posix_spawn(program, args, env, file_actions=actions, setsid=True,
                              setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
     except BaseException:
@@ -268,8 +267,6 @@ def spawn(argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = (), 
         os.close(err_r)
         raise
     finally:
-        if here is not None:
-            os.chdir(here)
         for fd in pass_fds:
             os.set_inheritable(fd, False)
         os.close(out_w)
@@ -295,7 +292,7 @@ def _no_fd_leaks() -> None:
     try:
         fds = [int(x) for x in os.listdir("/proc/self/fd")]
     except OSError:
-        fds = range(3, 256)
+        fds = list(range(3, 256))
     for fd in fds:
         if fd > 2:
             try:
@@ -305,20 +302,26 @@ def _no_fd_leaks() -> None:
                 pass
 
 
-def _spawn_with_prctl(path: str, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...],
-                      cwd: str | None) -> Process:
-    """Without setpriv's ``--pdeathsig``: a ``preexec_fn`` calls ``prctl`` in the forked child.
-    It forces a full fork of the agent and runs Python in it: 3.4 ms of CPU per worker
-    against 2.0 ms (docs/performance.md)."""
+def _spawn_with_popen(path: str, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...],
+                      cwd: str | None, prefix: list[str]) -> Process:
+    """With a working directory (srun's ``--chdir``), or without setpriv's ``--pdeathsig``:
+    :class:`subprocess.Popen`, which changes directory in the child. Without setpriv, a
+    ``preexec_fn`` calls ``prctl`` in the forked child: that forces a full fork of the agent and
+    runs Python in it, 3.4 ms of CPU per worker against 2.0 ms (docs/performance.md)."""
     import subprocess
 
-    if _libc is None:
-        set_pdeathsig(0)  # load libc here, once, not in the forked child
-    parent = os.getpid()
+    preexec = None
+    if prefix:
+        path, argv = prefix[0], [*prefix, path, *argv[1:]]
+    elif sys.platform.startswith("linux"):
+        if _libc is None:
+            set_pdeathsig(0)  # load libc here, once, not in the forked child
+        parent = os.getpid()
+        preexec = lambda: _child_setup(parent)  # noqa: E731
     popen = subprocess.Popen(list(argv), executable=path, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds,
-                             start_new_session=True, preexec_fn=lambda: _child_setup(parent))
-    return Process(popen.pid, popen.args, popen.stdout, popen.stderr, popen)
+                             start_new_session=True, preexec_fn=preexec)
+    return Process(popen.pid, list(argv), popen.stdout, popen.stderr, popen)
 
 
 def signal_group(proc: Process, sig: int) -> None:
@@ -353,6 +356,24 @@ def kill_all(procs) -> None:
             p.kill()
         except psutil.Error:
             pass
+
+
+def kill_trees(pids: list[int], wait: float = 5.0) -> None:
+    """SIGKILL each of ``pids`` (session leaders), its process group and every descendant, then wait
+    up to ``wait`` seconds for them to be gone: what a watchdog does to a command that overran."""
+    import psutil
+
+    family = descendants(pids)
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    kill_all(family)
+    psutil.wait_procs(family, timeout=wait)
 
 
 def stop(procs: list[Process], grace: float = 5.0) -> None:

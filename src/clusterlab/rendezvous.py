@@ -2,16 +2,17 @@
 
 Node 0's agent is the *master*. It listens on ``MASTER_ADDR:MASTER_PORT`` (that
 address only) and waits for the other ``nnodes - 1`` agents. Each of them
-connects and sends one hello frame::
+connects and sends one hello frame (:func:`clusterlab.protocol.hello`)::
 
-    {"t": "hello", "version": 1, "run_id": "none", "node_rank": 1,
+    {"t": "hello", "version": 4, "run_id": "none", "node_rank": 1,
      "nnodes": 2, "nproc_per_node": 4, "host": "node1"}
 
 The master checks it (:func:`check_hello`): another job's run id, another
 protocol version, a different job shape, a node rank out of range or already
 taken, anything that is not a hello - each is refused with a frame saying why,
 and the master keeps waiting for the right agents. A client that connects and
-says nothing is dropped after :data:`HELLO_TIMEOUT`. When every node is in, the
+says nothing is dropped after :data:`HELLO_TIMEOUT`; a node that joined and then
+leaves before the job starts is forgotten, so that it can join again. When every node is in, the
 master answers each with a welcome (the list of host names), and **closes its
 listening socket**: the connections stay up, and torch's rank 0 can now bind
 ``MASTER_PORT`` for its own TCPStore. Both sides give up after
@@ -21,15 +22,22 @@ listening socket**: the connections stay up, and torch's rank 0 can now bind
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import time
+from collections.abc import Callable
 
+from . import protocol
+from .config import AgentConfig
 from .errors import UsageError
 from .loop import Loop, Outbox
-from .wire import PROTOCOL_VERSION, FrameDecoder, ProtocolError, encode
+from .protocol import PROTOCOL_VERSION
+from .wire import FrameDecoder, ProtocolError, encode
 
 #: seconds a new connection has to send its hello
 HELLO_TIMEOUT = 5.0
+#: how much longer than its own --rdzv-timeout a joined node waits for the master's welcome or stop
+VERDICT_GRACE = 5.0
 #: the most a hello may take; anything longer is not a hello
 _HELLO_MAX = 65536
 
@@ -46,14 +54,54 @@ class Peer:
         self.last_seen = time.monotonic()
         self.closed = False
 
+    @property
+    def between_frames(self) -> bool:
+        """No part of a frame from the peer is waiting for the rest."""
+        return not self.decoder.pending
+
     def send(self, message: dict) -> None:
         if not self.closed:
             self.out.send(encode(message))
 
     def send_frame(self, frame: bytes) -> None:
-        """Send a message already framed (:func:`clusterlab.wire.frame`)."""
+        """Send a message already framed (:func:`clusterlab.wire.encode`)."""
         if not self.closed:
             self.out.send(frame)
+
+    def heartbeat(self, now: float, timeout: float) -> bool:
+        """Tell the peer we are alive; False if it has been silent for more than ``timeout`` seconds."""
+        if self.closed:
+            return True
+        if now - self.last_seen > timeout:
+            return False
+        self.send(protocol.HEARTBEAT)
+        return True
+
+    def drain(self, deadline: float) -> None:
+        """Block until what is queued for the peer has been sent, or until ``deadline`` (monotonic)."""
+        while self.out.buf and not self.out.broken and not self.closed and time.monotonic() < deadline:
+            select.select([], [self.sock], [], max(0.0, deadline - time.monotonic()))
+            self.out.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+
+def free_port(addr: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for ``--master-port``; tests, pages and the bench)."""
+    with socket.socket() as s:
+        s.bind((addr, 0))
+        return s.getsockname()[1]
+
+
+def close_links(peers, grace: float) -> None:
+    """Send what is still queued for each peer (for at most ``grace`` seconds in all), then close."""
+    deadline = time.monotonic() + grace
+    for peer in peers:
+        peer.drain(deadline)
+        peer.close()
 
 
 def listen(addr: str, port: int) -> socket.socket:
@@ -63,7 +111,8 @@ def listen(addr: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(addr.encode(), port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a valid host name"
-        raise UsageError(f"--master-addr {addr!r} does not resolve ({reason}); use an address of node 0, e.g. 127.0.0.1") from None
+        raise UsageError(f"--master-addr {addr!r} does not resolve ({reason}); "
+                         "use an address of node 0, e.g. 127.0.0.1") from None
     family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     # SO_REUSEADDR is inherited by the accepted connections, which lets torch's TCPStore
@@ -84,13 +133,7 @@ def listen(addr: str, port: int) -> socket.socket:
     return sock
 
 
-def hello(cfg, node_rank: int, host: str) -> dict:
-    layout = cfg.layout
-    return {"t": "hello", "version": PROTOCOL_VERSION, "run_id": cfg.run_id, "node_rank": node_rank,
-            "nnodes": layout.nnodes, "nproc_per_node": layout.nproc_per_node, "host": host}
-
-
-def check_hello(msg: dict, cfg, joined) -> str | None:
+def check_hello(msg: dict, cfg: AgentConfig, joined: dict[int, Peer]) -> str | None:
     """Why the master refuses this hello, or None if it fits the job."""
     layout = cfg.layout
     if msg.get("t") != "hello":
@@ -112,11 +155,13 @@ def check_hello(msg: dict, cfg, joined) -> str | None:
     return None
 
 
-def serve(loop: Loop, cfg, listener: socket.socket, log, announce: bool) -> dict[int, Peer] | int:
+def serve(loop: Loop, cfg: AgentConfig, listener: socket.socket, hostname: str, log: Callable[[str], None],
+          announce: bool) -> tuple[dict[int, Peer], list[str]] | int:
     """The master's side: wait for every other node, then welcome them all.
 
-    Returns the joined peers by node rank, or an exit status when the rendezvous
-    failed (timeout, signal). Closes ``listener`` either way.
+    Returns the joined peers by node rank and every node's host name (``hostname`` is
+    node 0's), or an exit status when the rendezvous failed (timeout, signal). Closes
+    ``listener`` either way.
     """
     deadline = time.monotonic() + cfg.rdzv_timeout
     nnodes = cfg.layout.nnodes
@@ -142,12 +187,11 @@ def serve(loop: Loop, cfg, listener: socket.socket, log, announce: bool) -> dict
             try:
                 peer.sock.setblocking(True)
                 peer.sock.settimeout(1.0)
-                peer.sock.sendall(encode({"t": "refuse", "reason": reason}))
+                peer.sock.sendall(encode(protocol.refuse(reason)))
             except OSError:
                 pass
         loop.forget(peer.sock.fileno())
-        peer.sock.close()
-        peer.closed = True
+        peer.close()
 
     def read_hello(peer: Peer) -> None:
         try:
@@ -168,9 +212,23 @@ def serve(loop: Loop, cfg, listener: socket.socket, log, announce: bool) -> dict
             return drop(peer, reason)
         node = messages[0]["node_rank"]
         pending.pop(peer.sock.fileno(), None)
-        loop.on_read(peer.sock.fileno(), lambda: None)  # the agent sets the real handler after the welcome
+        loop.on_read(peer.sock.fileno(), lambda: watch(peer))  # the agent sets its own handler after the welcome
         peer.node_rank, peer.host = node, str(messages[0].get("host", "?"))[:200]
         peers[node] = peer
+
+    def watch(peer: Peer) -> None:
+        """A joined node, waiting for the others: it says nothing until the welcome, so readable means gone."""
+        try:
+            if peer.sock.recv(_HELLO_MAX):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        log(f"node{peer.node_rank} ({peer.host}) left before the job started; waiting for it to join again")
+        peers.pop(peer.node_rank, None)  # type: ignore[arg-type]
+        loop.forget(peer.sock.fileno())
+        peer.close()
 
     loop.on_read(listener.fileno(), accept)
     if nnodes > 1 and announce:
@@ -189,7 +247,7 @@ def serve(loop: Loop, cfg, listener: socket.socket, log, announce: bool) -> dict
                     + (f" (refused: {'; '.join(refused[-3:])})" if refused else "")
                     + "; start them with the same --master-addr/--master-port/--nnodes, or raise --rdzv-timeout")
                 for peer in peers.values():
-                    peer.send({"t": "stop", "code": 1, "summary": "rendezvous timed out on the master"})
+                    peer.send(protocol.stop(1, "rendezvous timed out on the master"))
                 return 1
             for peer, hello_deadline in list(pending.values()):
                 if now >= hello_deadline:
@@ -200,10 +258,15 @@ def serve(loop: Loop, cfg, listener: socket.socket, log, announce: bool) -> dict
         listener.close()
         for peer, _ in list(pending.values()):
             drop(peer, None)
-    return peers
+    hosts = [hostname, *(peers[node].host for node in range(1, nnodes))]
+    for peer in peers.values():
+        peer.send(protocol.welcome(hosts))
+        peer.last_seen = time.monotonic()  # no heartbeats flow during rendezvous: the clock starts now
+    return peers, hosts
 
 
-def join(loop: Loop, cfg, node_rank: int, hostname: str, log, announce: bool) -> tuple[Peer, list[str], list[dict]] | int:
+def join(loop: Loop, cfg: AgentConfig, node_rank: int, hostname: str, log: Callable[[str], None],
+         announce: bool) -> tuple[Peer, list[str], list[dict]] | int:
     """A non-master's side: connect to the master (retrying until it is up), hello, wait for the welcome.
 
     Returns the link to the master, the host names of all nodes and any messages
@@ -224,7 +287,8 @@ def join(loop: Loop, cfg, node_rank: int, hostname: str, log, announce: bool) ->
         try:
             # an ASCII name as bytes: a str would go through the idna codec, whose import costs ~2 ms
             host = addr.encode() if addr.isascii() else addr
-            sock = socket.create_connection((host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+            sock = socket.create_connection((host, port),  # type: ignore[arg-type]  # (bytes is fine at run time)
+                                            timeout=max(0.1, min(2.0, deadline - time.monotonic())))
             break
         except socket.gaierror as exc:
             raise UsageError(f"--master-addr {addr!r} does not resolve ({exc.strerror})") from None
@@ -236,7 +300,8 @@ def join(loop: Loop, cfg, node_rank: int, hostname: str, log, announce: bool) ->
                 announced = True
             loop.poll(0.1)
     master = Peer(loop, sock, 0)
-    master.send(hello(cfg, node_rank, hostname))
+    layout = cfg.layout
+    master.send(protocol.hello(cfg.run_id, node_rank, layout.nnodes, layout.nproc_per_node, hostname))
     inbox: list = []
 
     def read() -> None:
@@ -259,6 +324,10 @@ def join(loop: Loop, cfg, node_rank: int, hostname: str, log, announce: bool) ->
         sock.close()
         return code
 
+    # Once joined, the master decides: its own --rdzv-timeout started when it came up, maybe later
+    # than ours, and a node that left now would be reported as never joined. So wait for its verdict
+    # (welcome or stop) a little longer than our own deadline, but never forever.
+    deadline += VERDICT_GRACE
     while not inbox:
         if loop.signal is not None:
             log(f"node{node_rank}: interrupted by {_signame(loop.signal)} during rendezvous")

@@ -38,7 +38,7 @@
 as given), ``TORCHELASTIC_RESTART_COUNT``, ``TORCHELASTIC_MAX_RESTARTS``,
 ``TORCHELASTIC_RUN_ID`` (``--rdzv-id``), ``TORCHELASTIC_USE_AGENT_STORE=False``,
 ``OMP_NUM_THREADS`` (1 unless set), and the lab's ``NODE_RANK``. clusterlab adds
-``CLUSTERLAB_CHANNEL`` (the pipes to the agent), ``CLUSTERLAB_NODE_NAME`` and,
+``CLUSTERLAB_CHANNEL`` (the pipes to the agent, the rank and the world size), ``CLUSTERLAB_NODE_NAME`` and,
 with ``--barrier-trace``, ``CLUSTERLAB_TRACE``.
 
 **Output**
@@ -78,146 +78,11 @@ import signal
 import socket
 import sys
 
-from .agent import AgentConfig, NodeAgent
+from .agent import NodeAgent
+from .config import AgentConfig, add_launch_args, config_from_args, node_rank_from_args
 from .errors import UsageError
-from .layout import ClusterLayout
 from .output import log
 from .rendezvous import listen
-
-_STREAMS = {0: frozenset(), 1: frozenset({"stdout"}), 2: frozenset({"stderr"}), 3: frozenset({"stdout", "stderr"})}
-
-
-def _flag(parser, name: str, **kwargs):
-    """Add ``--name-with-dashes`` and torchrun's ``--name_with_underscores`` spelling."""
-    spellings = [f"--{name}"]
-    if "-" in name:
-        spellings.append(f"--{name.replace('-', '_')}")
-    return parser.add_argument(*spellings, **kwargs)
-
-
-def add_launch_args(parser: argparse.ArgumentParser, *, with_node_rank: bool) -> None:
-    """The torchrun flags shared by ``launch`` and ``simulate``."""
-    _flag(parser, "nnodes", default="1", help="number of nodes, N (torchrun's MIN:MAX must have MIN == MAX) (default: 1)")
-    _flag(parser, "nproc-per-node", default="1", help="workers per node: a number, or 'cpu'/'auto' for this machine's CPU count (default: 1)")
-    if with_node_rank:
-        _flag(parser, "node-rank", type=int, default=0, help="this node's rank, 0..nnodes-1; 0 is the master (default: 0)")
-        parser.add_argument("--standalone", action="store_true",
-                            help="single-node job on a free local port (sets --nnodes 1, --master-port 0)")
-    _flag(parser, "master-addr", default="127.0.0.1", help="address of node 0, where its agent listens (default: 127.0.0.1)")
-    _flag(parser, "master-port", type=int, default=29500,
-          help="port of node 0's agent, then of torch's TCPStore; 0 picks a free one (default: 29500)")
-    _flag(parser, "max-restarts", type=int, default=0, help="restart the whole world up to this many times on failure (default: 0)")
-    parser.add_argument("--role", default="default", help="ROLE_NAME given to workers (default: default)")
-    _flag(parser, "rdzv-id", default="none", help="run id; agents with another id are refused (TORCHELASTIC_RUN_ID) (default: none)")
-    _flag(parser, "rdzv-timeout", type=float, default=300.0, help="seconds to wait for every node to join (default: 300)")
-    _flag(parser, "log-dir", default=None, help="also write each worker's output to DIR/attempt_K/nodeN/LOCAL_RANK/{stdout,stderr}.log")
-    parser.add_argument("-r", "--redirects", default="0",
-                        help="streams sent to the log files only, not the console: 0 none, 1 stdout, 2 stderr, 3 both (needs --log-dir)")
-    parser.add_argument("-t", "--tee", default="0",
-                        help="accepted for torchrun compatibility: with --log-dir clusterlab always tees to files and console")
-    _flag(parser, "local-ranks-filter", default="", help="show only these local ranks on the console, e.g. 0,2 (files keep all)")
-    _flag(parser, "barrier-trace", default=None, help="append one JSON line per rank per barrier (arrive/leave times) to FILE")
-    _flag(parser, "term-timeout", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL when stopping workers (default: 5)")
-    parser.add_argument("-m", "--module", action="store_true", help="run the script as a module: python -m SCRIPT")
-    _flag(parser, "no-python", action="store_true", help="run SCRIPT as an executable, not with python")
-    parser.add_argument("script", help="the worker script (or module with -m, or executable with --no-python)")
-    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
-
-
-def _int_flag(name: str, raw: str, fix: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise UsageError(f"{name}={raw!r} is not a number; {fix}") from None
-
-
-def _nnodes(raw: str) -> int:
-    lo, sep, hi = str(raw).partition(":")
-    if sep:
-        if lo != hi:
-            raise UsageError(f"--nnodes={raw} is an elastic MIN:MAX range; the lab runs fixed-size jobs: use --nnodes {hi}")
-        raw = lo
-    return _int_flag("--nnodes", raw, "use a number of nodes such as 2")
-
-
-def _nproc(raw: str) -> int:
-    if raw in ("cpu", "auto"):
-        return os.cpu_count() or 1
-    if raw == "gpu":
-        raise UsageError("--nproc-per-node=gpu: this machine has no GPU; give a number such as 4")
-    return _int_flag("--nproc-per-node", raw, "use a number such as 4, or 'cpu'")
-
-
-def _streams(raw: str, flag: str) -> frozenset:
-    try:
-        value = int(raw)
-        if value in _STREAMS:
-            return _STREAMS[value]
-    except ValueError:
-        pass
-    raise UsageError(f"{flag}={raw!r} is not one of 0 (none), 1 (stdout), 2 (stderr), 3 (both)")
-
-
-def config_from_args(args: argparse.Namespace) -> AgentConfig:
-    """Check the flags and freeze them into an :class:`AgentConfig`."""
-    if getattr(args, "standalone", False):
-        args.nnodes, args.master_port = "1", 0
-    layout = ClusterLayout(_nnodes(args.nnodes), _nproc(args.nproc_per_node))
-    if not 0 <= args.master_port <= 65535:
-        raise UsageError(f"--master-port={args.master_port} is not a TCP port; use 1-65535 (or 0 for a free one)")
-    if args.max_restarts < 0:
-        raise UsageError(f"--max-restarts={args.max_restarts} must be 0 or more")
-    if not args.rdzv_timeout > 0:
-        raise UsageError(f"--rdzv-timeout={args.rdzv_timeout} must be a positive number of seconds")
-    if not 0 <= args.term_timeout < float("inf"):  # nan would mean: never SIGKILL a worker that ignores SIGTERM
-        raise UsageError(f"--term-timeout={args.term_timeout} must be 0 or more seconds (a finite number)")
-    try:
-        # what socket.getaddrinfo does (it raises UnicodeError, not gaierror); for a plain ASCII
-        # name, checked without the idna codec, whose import costs every launch ~2 ms
-        if not (args.master_addr.isascii() and all(0 < len(p) < 64 for p in args.master_addr.rstrip(".").split("."))):
-            args.master_addr.encode("idna")
-    except UnicodeError:
-        raise UsageError(f"--master-addr={args.master_addr!r} is not a valid host name; use an address "
-                         "such as 127.0.0.1 or a name whose parts have at most 63 characters") from None
-    redirected = _streams(args.redirects, "--redirects")
-    _streams(args.tee, "--tee")
-    if redirected and not args.log_dir:
-        raise UsageError(f"--redirects {args.redirects} sends output to log files: give --log-dir DIR too")
-    ranks_filter = None
-    if args.local_ranks_filter:
-        try:
-            ranks_filter = frozenset(int(x) for x in args.local_ranks_filter.split(","))
-        except ValueError:
-            raise UsageError(f"--local-ranks-filter={args.local_ranks_filter!r} is not a comma-separated list of local ranks such as 0,1") from None
-        bad = sorted(r for r in ranks_filter if not 0 <= r < layout.nproc_per_node)
-        if bad:
-            raise UsageError(f"--local-ranks-filter names local rank(s) {bad}, outside 0..{layout.nproc_per_node - 1}")
-    script_args = list(args.script_args)
-    if script_args[:1] == ["--"]:
-        script_args = script_args[1:]
-    if args.no_python and args.module:
-        raise UsageError("--no-python and -m/--module cannot be combined: pick one way to run the script")
-    if args.no_python:
-        argv = [args.script, *script_args]
-    elif args.module:
-        argv = [sys.executable, "-u", "-m", args.script, *script_args]
-    else:
-        if not os.path.exists(args.script):
-            raise UsageError(f"script {args.script!r} does not exist (looked in {os.getcwd()}); give the path to the worker script, or -m for a module")
-        argv = [sys.executable, "-u", args.script, *script_args]
-    master_addr = args.master_addr
-    if os.environ.get("CLUSTERLAB_SIMULATED_HOSTS") == "1":
-        # Inside `clusterlab sbatch`/`srun` every simulated node (node001, ...) is this machine; their
-        # names resolve nowhere, so the agents and torch's TCPStore meet on 127.0.0.1 instead.
-        from .slurm.hosts import resolve_simulated
-
-        master_addr = resolve_simulated(master_addr)
-    return AgentConfig(
-        layout=layout, argv=tuple(argv), master_addr=master_addr, master_port=args.master_port,
-        run_id=args.rdzv_id, role=args.role, max_restarts=args.max_restarts, rdzv_timeout=args.rdzv_timeout,
-        log_dir=args.log_dir, console_streams=frozenset({"stdout", "stderr"}) - redirected,
-        local_ranks_filter=ranks_filter, barrier_trace=args.barrier_trace, term_timeout=args.term_timeout,
-    )
 
 
 def _bind_free(addr: str, port: int) -> socket.socket:
@@ -367,12 +232,12 @@ def _supervise(config: AgentConfig, nodes: dict[int, str], listener, shares, com
 def register(sub) -> None:
     from .cli import RawDescriptionHelpFormatter
 
-    common = dict(formatter_class=RawDescriptionHelpFormatter)
+    common = {"formatter_class": RawDescriptionHelpFormatter}
     p = sub.add_parser("launch", help="run one node's agent (torchrun's command line)",
                        description="Run this node's agent and its workers; agents of the other nodes "
                        "join it over TCP.\n" + __doc__.split("**Definitions**")[0].split("**Usage**")[1], **common)
     add_launch_args(p, with_node_rank=True)
-    p.set_defaults(func=lambda a: launch(config_from_args(a), _node_rank(a)))
+    p.set_defaults(func=_cmd_launch)
     s = sub.add_parser("simulate", help="run every node of a multi-node job on this machine",
                        description="Start one agent process per simulated node (node0, node1, ...) and one "
                        "world of nnodes x nproc_per_node workers.", **common)
@@ -383,8 +248,6 @@ def register(sub) -> None:
     s.set_defaults(func=lambda a: simulate(config_from_args(a), share_cpus=a.share_cpus))
 
 
-def _node_rank(args) -> int:
-    layout = ClusterLayout(_nnodes(args.nnodes), _nproc(args.nproc_per_node))
-    if not 0 <= args.node_rank < layout.nnodes:
-        raise UsageError(f"--node-rank={args.node_rank} is outside 0..{layout.nnodes - 1} for --nnodes {layout.nnodes}")
-    return args.node_rank
+def _cmd_launch(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    return launch(config, node_rank_from_args(args, config))

@@ -6,8 +6,8 @@ can send us only data. The length is checked against :data:`MAX_FRAME` *before*
 anything is allocated, so a hostile or confused peer cannot make an agent
 reserve gigabytes with four bytes.
 
-This module is only the codec; :mod:`clusterlab.agent` decides what the
-messages mean.
+This module is only the codec; :mod:`clusterlab.protocol` spells the messages
+and :mod:`clusterlab.agent` routes them.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import json.encoder
 import json.scanner
 import struct
 
-#: bumped whenever a message changes meaning; agents of different versions refuse each other
-PROTOCOL_VERSION = 3
 #: the largest frame an agent accepts (all_gather_object payloads travel in frames)
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
@@ -32,10 +30,11 @@ class ProtocolError(Exception):
 # wrap them in about ten Python calls each (encoding detection, a new encoder per call),
 # and an agent decodes or encodes five messages per barrier: on a busy 2-core machine
 # those wrappers cost more than the system calls that carry the bytes.
-_scan = json.scanner.make_scanner(json.JSONDecoder())
-_encoder = json.encoder.c_make_encoder(
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # (typeshed: a class)
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)  # None where the C accelerator is missing
+_encoder = _c_make_encoder(
     None, json.JSONEncoder().default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True,
-) if json.encoder.c_make_encoder else None
+) if _c_make_encoder else None
 
 
 def dumps(obj: object) -> bytes:
@@ -63,7 +62,7 @@ def encode(message: dict) -> bytes:
 
 
 def frame(body: bytes) -> bytes:
-    """A frame around ``body``, a message already spelled as JSON."""
+    """A frame around ``body``, a message spelled as JSON."""
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
     return _HEADER.pack(len(body)) + body

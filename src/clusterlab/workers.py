@@ -7,7 +7,8 @@ For every local rank the agent opens four channels to the worker:
   (:mod:`clusterlab.output`); the last stderr lines are kept for the failure summary;
 * **a request pipe and a reply pipe** (``CLUSTERLAB_CHANNEL``): the worker writes
   one JSON line per collective call and blocks reading the answer
-  (:mod:`clusterlab.channel`);
+  (:mod:`clusterlab.channel`); this module hands the bytes to the node's
+  :class:`~clusterlab.relay.NodeRelay`;
 * **a pidfd** (Linux): it becomes readable the moment the worker exits, so exits
   are events like any other, not something to poll for.
 
@@ -21,67 +22,64 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from functools import partial
 
 from . import procs
+from .config import AgentConfig
 from .env import worker_env
 from .errors import UsageError
 from .loop import Loop, Outbox
-from .output import LineBuffer, StreamPump, prefix
-from .wire import MAX_FRAME, dumps, loads
+from .output import StreamPump, prefix
 
 TAIL_LINES = 10
-#: the largest collective request one rank may send (an 'arrive' frame carries at most two)
-MAX_ARRIVAL = MAX_FRAME // 2 - 4096
 
 
 class Worker:
-    """One worker process and its four channels."""
+    """One worker process and its four channels (the relay keeps its collective state here too)."""
 
     def __init__(self, local_rank: int, rank: int, proc: procs.Process, req_fd: int, reply: Outbox,
-                 pumps: dict, pidfd: int | None) -> None:
+                 pumps: dict[str, StreamPump], pidfd: int | None) -> None:
         self.local_rank, self.rank, self.proc = local_rank, rank, proc
         self.req_fd, self.reply, self.pumps, self.pidfd = req_fd, reply, pumps, pidfd
-        self.requests = LineBuffer()
-        self.waiting: int | None = None  # the collective round it is blocked in
-        #: (line, seq, (name, timeout), template): the request expected next, if it repeats its last barrier
-        self.next: tuple = (None, -1, None, b"")
         self.returncode: int | None = None
+        self.waiting: int | None = None  # the collective round it is blocked in
+        self.requests = bytearray()  # request bytes not yet a whole line
+        self.discarding = False  # skipping the rest of an oversized request line
 
 
 class WorkerGroup:
     """The workers of one node, for one attempt at a time.
 
-    ``on_request(worker, seq, name, timeout, data, nbytes)`` is called for every
-    collective call - ``on_barrier(worker, seq, (name, timeout))`` instead for a
-    plain barrier (no data; the tuple is the same object for every call of it) - and
-    ``on_exit(worker)`` when a worker has exited and its output is drained.
+    ``on_exit(worker)`` is called when a worker has exited and its output is drained;
+    :attr:`on_request` ``(worker, data)`` gets the bytes a worker writes on its request pipe.
     """
 
-    def __init__(self, loop: Loop, cfg, node_rank: int, hostname: str, on_request, on_exit, on_barrier) -> None:
+    def __init__(self, loop: Loop, cfg: AgentConfig, node_rank: int, hostname: str,
+                 on_exit: Callable[[Worker], None]) -> None:
         self.loop, self.cfg, self.node_rank, self.hostname = loop, cfg, node_rank, hostname
-        self.on_request, self.on_exit, self.on_barrier = on_request, on_exit, on_barrier
+        self.on_exit = on_exit
+        self.on_request: Callable[[Worker, bytes], None] = lambda w, data: None
         self.workers: list[Worker] = []
+        self.exited = 0  # how many of them have exited
         self.stopping = False
-        self.kill_at = float("inf")
+        self.kill_at = float("inf")  # when workers that ignored SIGTERM get SIGKILL
         self._family: list = []
-        self._when_idle: list = []
+        self._when_idle: list[Callable[[], None]] = []
         # Orphans of our workers (a grandchild that called setsid()) come back to this process, so
         # the sweeps find them; children this process had before (an in-process launch) are spared.
         self._foreign = {p.pid for p in procs.descendants([os.getpid()])}
         self._subreaper = False
         self._all_pidfds = True  # every worker's exit is an event: poll() need not look
-        #: a plain barrier's request line after its number -> ((name, timeout), the line with %d for the number)
-        self._known: dict[bytes, tuple] = {}
 
     # ------------------------------------------------------------------ start
-    def start(self, attempt: int, tick=lambda: None) -> None:
+    def start(self, attempt: int, tick: Callable[[], None] = lambda: None) -> None:
         """Start every local rank for ``attempt``; ``tick()`` runs between spawns (heartbeats)."""
         cfg, layout = self.cfg, self.cfg.layout
-        self.workers, self.stopping = [], False
+        self.workers, self.exited, self.stopping = [], 0, False
         base = dict(os.environ)
         if cfg.barrier_trace:
-            base["CLUSTERLAB_TRACE"] = os.path.abspath(cfg.barrier_trace)
+            base["CLUSTERLAB_TRACE"] = cfg.barrier_trace
         base["CLUSTERLAB_NODE_NAME"] = self.hostname
         # Everything a worker needs is made first and the workers are then started back to
         # back: once the first interpreters are starting they compete with this agent for
@@ -102,7 +100,7 @@ class WorkerGroup:
                 tick()
                 req_r, req_w = os.pipe()
                 rep_r, rep_w = os.pipe()
-                env["CLUSTERLAB_CHANNEL"] = f"{req_w},{rep_r}"
+                env["CLUSTERLAB_CHANNEL"] = f"{req_w},{rep_r},{env['RANK']},{layout.world_size}"
                 try:
                     proc = procs.spawn(argv, env, pass_fds=(req_w, rep_r))
                 except OSError as exc:
@@ -128,20 +126,19 @@ class WorkerGroup:
         os.set_blocking(rep_w, False)
         os.set_blocking(req_r, False)
         try:
-            pidfd = os.pidfd_open(proc.pid)
+            pidfd: int | None = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):
             pidfd = None  # no pidfd (old kernel): poll() finds exits instead
         w = Worker(local_rank, rank, proc, req_r, Outbox(self.loop, rep_w), self._pumps(attempt, local_rank, rank), pidfd)
         self.workers.append(w)
-        for stream in ("stdout", "stderr"):
-            fd = getattr(proc, stream).fileno()
-            os.set_blocking(fd, False)
-            self.loop.on_read(fd, partial(self._read_output, w))
+        for stream in (proc.stdout, proc.stderr):
+            os.set_blocking(stream.fileno(), False)
+            self.loop.on_read(stream.fileno(), partial(self._read_output, w))
         self.loop.on_read(req_r, partial(self._read_request, w))
         if pidfd is not None:
             self.loop.on_read(pidfd, partial(self._reap, w))
 
-    def _pumps(self, attempt: int, local_rank: int, rank: int) -> dict:
+    def _pumps(self, attempt: int, local_rank: int, rank: int) -> dict[str, StreamPump]:
         cfg = self.cfg
         pumps = {}
         for stream, console in (("stdout", 1), ("stderr", 2)):
@@ -205,73 +202,10 @@ class WorkerGroup:
             return
         except OSError:
             data = b""
-        if not data:
-            self.loop.forget(w.req_fd)
-            return
-        if data == w.next[0] and w.waiting is None and not w.requests.pending:
-            # The hot path: the same plain barrier as this worker's last call, numbered one more -
-            # the line it was expected to send, byte for byte.
-            _, seq, key, template = w.next
-        elif data.startswith(b'{"op":"gather","seq":') and data.find(b"\n") == len(data) - 1 and not w.requests.pending:
-            # One whole request line: a barrier seen before (from any worker) is decoded once.
-            comma = data.find(b",", 21)
-            known = self._known.get(data[comma:])
-            if known is None or not data[21:comma].isdigit() or w.waiting is not None:
-                self._requests(w, (data,))
-                return
-            seq = int(data[21:comma])
-            key, template = known
+        if data:
+            self.on_request(w, data)
         else:
-            self._requests(w, w.requests.feed(data))
-            return
-        w.waiting = seq
-        w.next = (template % (seq + 1), seq + 1, key, template)
-        self.on_barrier(w, seq, key)
-
-    def _requests(self, w: Worker, lines) -> None:
-        """Collective requests in general: decoded, checked, passed on (or answered with an error)."""
-        for line in lines:
-            if w.waiting is not None:  # not from clusterlab.channel, which waits for each answer
-                w.reply.send(dumps({"seq": -1, "error": f"rank {w.rank} sent a collective request while still in "
-                                    f"call #{w.waiting}; a rank makes one collective call at a time"}) + b"\n")
-                continue
-            try:
-                req = loads(line)
-                seq, name, timeout = int(req["seq"]), str(req["name"]), float(req["timeout"])
-            except (ValueError, KeyError, TypeError, RecursionError):
-                # not from clusterlab.channel: answer at once rather than let the worker wait out its timeout
-                self.answer(w, -1, error=f"rank {w.rank} sent a malformed collective request on CLUSTERLAB_CHANNEL")
-                continue
-            if len(line) > MAX_ARRIVAL:  # it could never cross to the master in one frame: refuse it here
-                self.answer(w, seq, error=(
-                    f"the data of collective call #{seq} is {len(line)} bytes as JSON, over the "
-                    f"{MAX_ARRIVAL}-byte limit of one rank's share; gather less data per call"))
-                continue
-            w.waiting = seq
-            data = req.get("data")
-            if data is None and line.startswith(b'{"op":"gather","seq":%d,' % seq):
-                # a plain barrier: its line without the number is remembered, for every worker
-                tail = line[line.find(b",", 21):]
-                known = self._known.get(tail)
-                if known is None and len(self._known) < 256:
-                    known = self._known[tail] = ((name, timeout), b'{"op":"gather","seq":%d' + tail.replace(b"%", b"%%"))
-                if known is not None:
-                    w.next = (known[1] % (seq + 1), seq + 1, *known)
-                    self.on_barrier(w, seq, known[0])
-                    continue
-            self.on_request(w, seq, name, timeout, data, len(line))
-
-    def answer(self, w: Worker, seq: int, data=None, error: str | None = None) -> None:
-        reply = {"seq": seq, "error": error} if error is not None else {"seq": seq, "data": data}
-        w.waiting = None
-        w.reply.send(dumps(reply) + b"\n")
-
-    def deliver(self, seq: int, line: bytes, ranks=None) -> None:
-        """Release the local workers blocked in round ``seq`` (only ``ranks``, if given) with ``line``."""
-        for w in self.workers:
-            if w.waiting == seq and w.returncode is None and (ranks is None or w.rank in ranks):
-                w.waiting = None
-                w.reply.send(line)
+            self.loop.forget(w.req_fd)
 
     # ------------------------------------------------------------------ exits and stopping
     def _reap(self, w: Worker) -> None:
@@ -282,6 +216,7 @@ class WorkerGroup:
         except TimeoutError:
             return
         w.returncode = w.proc.returncode
+        self.exited += 1
         if w.pidfd is not None:
             self.loop.forget(w.pidfd)
             os.close(w.pidfd)
@@ -302,11 +237,6 @@ class WorkerGroup:
             if w.returncode is None and w.proc.poll() is not None:
                 self._reap(w)
         return 0.05
-
-    @property
-    def all_waiting(self) -> bool:
-        """Every live worker is blocked in a collective call."""
-        return all(w.waiting is not None or w.returncode is not None for w in self.workers)
 
     @property
     def all_done(self) -> bool:

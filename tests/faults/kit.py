@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from helpers import ROOT, free_port
 
 WORKER = str(Path(__file__).resolve().parent / "worker.py")
@@ -103,7 +102,8 @@ class Job:
         self.launchers: dict[int, Launcher] = {}
         self._cond = threading.Condition()
         if mode == "simulate":
-            self.launchers[0] = Launcher([*base, "simulate", *common, "--master-port", str(self.port), *tail], full_env, self._cond)
+            argv = [*base, "simulate", *common, "--master-port", str(self.port), *tail]
+            self.launchers[0] = Launcher(argv, full_env, self._cond)
         else:
             # the non-master nodes first: they wait for node 0, as in the two-terminal recipe
             for node in sorted(range(nnodes) if nodes is None else nodes, reverse=True):

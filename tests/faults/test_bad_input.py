@@ -19,13 +19,13 @@ import socket
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, clusterlab
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clusterlab.cli import main
+from clusterlab.config import add_launch_args, config_from_args, node_rank_from_args
 from clusterlab.errors import UsageError
-from clusterlab.run import _node_rank, add_launch_args, config_from_args
-from helpers import ROOT, clusterlab
 
 DATA = Path(__file__).resolve().parent / "data"
 HELLO = str(ROOT / "examples" / "hello_ranks.py")
@@ -207,7 +207,7 @@ def test_fuzz_launch_flags(flags, launch, node_rank):
     try:
         config = config_from_args(args)
         if launch:
-            _node_rank(args)
+            node_rank_from_args(args, config)
     except UsageError as exc:
         assert "\n" not in str(exc) and str(exc)
         return

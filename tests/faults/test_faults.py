@@ -22,9 +22,8 @@ import socket
 import sys
 import time
 
-import pytest
-
 import psutil
+import pytest
 
 from faults.kit import MODES, Job, Launcher, assert_gone
 
@@ -136,8 +135,9 @@ def test_non_master_agent_sigkilled(tmp_path, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_master_agent_sigkilled(tmp_path, mode):
-    job = Job(mode, tmp_path, "wait")
+@pytest.mark.parametrize("fault", ["wait", "idle"])  # ranks inside a barrier, or before their first one
+def test_master_agent_sigkilled(tmp_path, mode, fault):
+    job = Job(mode, tmp_path, fault)
     job.wait_ready()
     family = job.family()
     t0 = job.kill_agent(0)
@@ -309,7 +309,7 @@ def test_signal_to_the_launcher(tmp_path, mode, sig, moment):
             assert moment == "teardown" and code == 1, (node, code, job.text)
     assert 128 + sig in [codes[node] for node in job.signalled], job.text
     _no_traceback(job.text)
-    if moment == "work" or mode == "launch" and moment == "rendezvous":
+    if moment == "work" or (mode == "launch" and moment == "rendezvous"):
         # (simulate's rendezvous takes milliseconds: there the signal may land in any phase, and the
         # message that wins depends on it; the status and the clean-up are what must not change)
         assert f"interrupted by {signal.Signals(sig).name}" in job.text, job.text

@@ -22,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clusterlab.wire import MAX_FRAME, PROTOCOL_VERSION, FrameDecoder, ProtocolError, encode
+from clusterlab.protocol import PROTOCOL_VERSION
+from clusterlab.wire import MAX_FRAME, FrameDecoder, ProtocolError, encode
 from faults.kit import Job
 
 #: a refusal for a frame whose length prefix is over the limit comes back within this (no waiting for a body)

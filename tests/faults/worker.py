@@ -16,6 +16,7 @@ against ("every line the rank wrote before the fault is in its log"). Then:
   barrier "end" with BARRIER_TIMEOUT;
 - ``wait``: FAULT_RANK sleeps, the others wait at barrier "end" (a fault from
   outside comes next);
+- ``idle``: every rank sleeps, in no barrier at all (a fault from outside comes next);
 - ``flaky``: FAULT_RANK exits 1 on attempt 0, everyone succeeds on later attempts;
 - ``always-fail``: FAULT_RANK exits 1 on every attempt.
 """
@@ -50,7 +51,7 @@ if me and fault != "wait":
     deadline = time.monotonic() + 60
     while not os.path.exists(os.path.join(truth_dir, "go")) and time.monotonic() < deadline:
         time.sleep(0.01)
-if me and fault in ("exit", "sigkill", "always-fail") or (me and fault == "flaky" and attempt == 0):
+if (me and fault in ("exit", "sigkill", "always-fail")) or (me and fault == "flaky" and attempt == 0):
     print(f"FAULT {time.time():.6f}", file=sys.stderr, flush=True)
     if fault == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -60,7 +61,7 @@ if fault == "hang-in-barrier":
         print(f"FAULT {time.time():.6f}", file=sys.stderr, flush=True)
         clusterlab.barrier("extra", timeout=timeout)
     sys.exit(0)
-if fault in ("hang-outside", "wait") and me:
+if (fault in ("hang-outside", "wait") and me) or fault == "idle":
     if fault == "hang-outside":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print(f"FAULT {time.time():.6f}", file=sys.stderr, flush=True)
