@@ -18,6 +18,7 @@ stricter than DeepSpeed (a boolean as the stage), the message says so.
 from __future__ import annotations
 
 import math
+import re
 
 from ..errors import UsageError
 
@@ -91,35 +92,44 @@ _TRUE = {"1", "on", "t", "true", "y", "yes"}
 _FALSE = {"0", "off", "f", "false", "n", "no"}
 
 
-def _as_int(where: str, value: object) -> int:
+_INT_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0*)?")  # pydantic: "3", " 3", "3.0", "1_0"; not "2e8"
+_STAGE_TEXT = re.compile(r"[+-]?[0-9]+(?:\.0*)?")  # an enum member from a string: no underscores
+
+
+def _as_int(where: str, value: object, text_form: re.Pattern = _INT_TEXT) -> int:
     """pydantic's lax int: an int, a bool, a float without fraction, or such a number in a string."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
         return value
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                raise UsageError(f"{where}={value!r} is not a whole number; write it like 500000000") from None
+    if isinstance(value, str) and text_form.fullmatch(value.strip()):
+        return int(float(value.strip().replace("_", ""))) if "." in value else int(value.strip())
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
     raise UsageError(f"{where}={value!r} is not a whole number; write it like 500000000")
 
 
 def _as_bool(where: str, value: object) -> bool:
-    """pydantic's lax bool: true/false, 0/1, or a string such as "yes", "off", "true"."""
+    """pydantic's lax bool: true/false, 0/1, or a string such as "yes", "off", "true" (not padded)."""
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
     raise UsageError(f"{where}={value!r} is not true or false; write true or false")
+
+
+def _as_float(where: str, value: object) -> float:
+    """pydantic's lax float: a number, a bool, or a number in ASCII text ("0.5", "2e8", "nan")."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and value.isascii():
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise UsageError(f"{where}={value!r} is not a number; write it like 0.5")
 
 
 def _check_bound(where: str, value, bound) -> None:
@@ -136,7 +146,7 @@ def _value(where: str, kind: str, bound, value: object):
         if isinstance(value, bool):
             raise UsageError(f"{where}={value!r}: DeepSpeed reads a boolean as stage {int(value)}; clusterlab refuses "
                              f"it on purpose (a typo more often than a choice): write {int(value)}")
-        stage = _as_int(where, value)
+        stage = _as_int(where, value, _STAGE_TEXT)
         if stage not in (0, 1, 2, 3):
             raise UsageError(f"{where}={value!r} is not a ZeRO stage; use 0, 1, 2 or 3")
         return stage
@@ -145,14 +155,7 @@ def _value(where: str, kind: str, bound, value: object):
     if kind == "int":
         number = _as_int(where, value)
     elif kind == "float":
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise UsageError(f"{where}={value!r} is not a number") from None
-        if not isinstance(value, (int, float)):
-            raise UsageError(f"{where}={value!r} is not a number")
-        number = float(value)
+        number = _as_float(where, value)
     elif kind == "device":
         if value not in OFFLOAD_DEVICES:
             raise UsageError(f"{where}={value!r} is not an offload device; use one of {', '.join(OFFLOAD_DEVICES)}")
@@ -203,4 +206,13 @@ def check_zero_section(zero: object) -> dict:
         return {"stage": int(zero)}  # read_zero_config_deprecated: true -> stage 1, false -> 0
     if not isinstance(zero, dict):
         raise UsageError(f"zero_optimization={zero!r} must be an object like {{\"stage\": 2}}")
-    return check_section("zero_optimization", zero, ZERO_FIELDS, ZERO_ALIASES)
+    out = check_section("zero_optimization", zero, ZERO_FIELDS, ZERO_ALIASES)
+    # DeepSpeedZeroConfig's model validators (deepspeed/runtime/zero/config.py)
+    stage = out.get("stage", 0)
+    if out.get("compute_grad_norm") is False and stage not in (1, 2):
+        raise UsageError(f"zero_optimization.compute_grad_norm=false needs stage 1 or 2, not {stage} (DeepSpeed refuses it)")
+    ratio = (out.get("offload_optimizer") or {}).get("ratio", 1.0)
+    if ratio < 1.0 and stage != 3:
+        raise UsageError(f"zero_optimization.offload_optimizer.ratio={ratio:g} (partial offload) needs stage 3, "
+                         f"not {stage} (DeepSpeed refuses it)")
+    return out
