@@ -181,3 +181,36 @@ def test_duplicate_keys_are_refused(tmp_path):
     path.write_text('{"train_batch_size": 8, "train_batch_size": 16}')
     with pytest.raises(UsageError, match="'train_batch_size' appears twice"):
         read_config(str(path), 8)
+
+
+@pytest.mark.parametrize(
+    "args, config, fragment",
+    [
+        (["hostfile", "examples/zero/hostfile", "--include", "worker-0:\u00b2"], None, "slot '\u00b2' on 'worker-0'"),
+        (["hostfile", "examples/zero/hostfile", "--include", "worker-0", "--num_nodes", "0"], None, "--num_nodes=0"),
+        (["hostfile", "examples/zero/hostfile", "--exclude", "worker-0", "--num_gpus", "0"], None, "--num_gpus=0"),
+        (["config"], {"train_batch_size": 64, "train_micro_batch_size_per_gpu": 0}, "train_micro_batch_size_per_gpu=0"),
+        (["config"], {"train_batch_size": 64, "gradient_accumulation_steps": 0}, "gradient_accumulation_steps=0"),
+        (["config"], {"train_batch_size": 8, "zero_optimization": {"overlap_com": True}}, "overlap_com"),
+        (["config"], {"train_batch_size": 8, "zero_optimization": {"stage": True}}, "on purpose"),
+    ],
+)
+def test_issue_15_bad_inputs_give_one_line_and_exit_2(tmp_path, args, config, fragment):
+    """The bad inputs of issue 15, through the real CLI: one line naming the value, exit status 2."""
+    from helpers import clusterlab
+
+    if config is not None:
+        path = tmp_path / "ds_config.json"
+        path.write_text(json.dumps(config))
+        args = [*args, str(path)]
+    r = clusterlab("zero", *args)
+    assert r.returncode == 2, r
+    assert r.stdout == "" and len(r.stderr.splitlines()) == 1 and fragment in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_plus_one_is_a_slot_as_in_deepspeed():
+    from helpers import clusterlab
+
+    r = clusterlab("zero", "hostfile", "examples/zero/hostfile", "--include", "worker-0:+1")
+    assert r.returncode == 0 and "active:   worker-0:1" in r.stdout
