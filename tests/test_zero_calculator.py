@@ -132,7 +132,7 @@ def test_notebook_code_cells_are_folded(base_url):
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{base_url}/notebooks/zero_memory/")
         page.wait_for_selector("details.nb-code", timeout=30_000)
-        cells = page.locator(".jupyter-wrapper .jp-CodeCell").count()
+        cells = page.locator(".jupyter-wrapper .jp-Cell-inputWrapper").count()  # one per code cell
         folded = page.locator("details.nb-code:not([open])").count()
         images = page.locator(".jupyter-wrapper .jp-OutputArea-output img")
         widths = [images.nth(i).bounding_box()["width"] for i in range(images.count())]

@@ -135,7 +135,7 @@
       nd: String(nd),
       params: formatGb(p), grads: formatGb(gr), optim: formatGb(os), total: formatGb(total, decimals),
       table1: paperText === null ? "" : "Table 1 of the paper prints " + paperText + " GB for this cell.",
-      fits: memGb === null ? "" : (total <= memGb * 1e9 ? "fits" : "does not fit") + " in " + memGb + " GB (model states only)",
+      fits: memGb === null ? "" : (total <= memGb * 1e9 ? "fits" : "does not fit") + " in " + memGb + " GB (model states only).",
     };
 
     // DeepSpeed's estimator for the same stage and offload
