@@ -61,19 +61,24 @@ def base_url():
 
 
 @pytest.fixture(scope="module")
-def page(base_url):
+def browser():
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{base_url}/part5-deepspeed/")
-        page.wait_for_selector("form.zero-calculator[data-ready='1']", timeout=30_000)
-        yield page
-        assert errors == [], f"JavaScript errors: {errors}"
-        context.close()
-        browser.close()
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(base_url, browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{base_url}/part5-deepspeed/")
+    page.wait_for_selector("form.zero-calculator[data-ready='1']", timeout=30_000)
+    yield page
+    context.close()
+    assert errors == [], f"JavaScript errors: {errors}"
 
 
 def _cli(params, nodes, gpus, stage, largest) -> tuple[list[str], list[str]]:
@@ -126,17 +131,15 @@ def test_calculator_reports_a_bad_input_in_one_line(page):
     assert form.locator("[data-out=error]").inner_text() == ""
 
 
-def test_notebook_code_cells_are_folded(base_url):
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(f"{base_url}/notebooks/zero_memory/")
-        page.wait_for_selector("details.nb-code", timeout=30_000)
-        cells = page.locator(".jupyter-wrapper .jp-Cell-inputWrapper").count()  # one per code cell
-        folded = page.locator("details.nb-code:not([open])").count()
-        images = page.locator(".jupyter-wrapper .jp-OutputArea-output img")
-        widths = [images.nth(i).bounding_box()["width"] for i in range(images.count())]
-        browser.close()
+def test_notebook_code_cells_are_folded(base_url, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{base_url}/notebooks/zero_memory/")
+    page.wait_for_selector("details.nb-code", timeout=30_000)
+    cells = page.locator(".jupyter-wrapper .jp-CodeCell:not(.jp-CodeCell .jp-CodeCell)").count()  # mkdocs-jupyter nests two
+    folded = page.locator("details.nb-code:not([open])").count()
+    images = page.locator(".jupyter-wrapper .jp-OutputArea-output img")
+    widths = [images.nth(i).bounding_box()["width"] for i in range(images.count())]
+    page.close()
     assert cells >= 3 and folded == cells
     # one plot per row, drawn at (nearly) the page's width: none squeezed into a third of it
     assert len(widths) == 5 and min(widths) > 500, widths
