@@ -118,10 +118,10 @@ def largest_fitting_stage(num_params: int, dp_degree: int, device_bytes: float) 
 #: (1.88, 4187.5, 2218.75, 4046.9); the CLI prints a cell at the paper's precision, rounding
 #: half up as the paper does (41.25 -> 41.3), and tests/test_zero_memory.py checks that the
 #: formulas above reproduce every one of the 54 strings under that rounding.
-#: Provenance: the 7.5B column and 1T at Nd = 64 (4187.5, 2218.75) as cited in issue 15; the
-#: 128B cells at Nd = 1024 (513.5, 257.8) and the 1T cells at Nd = 256 and 1024 could not be
-#: re-read against the PDF from the build machine (2026-12-01, no route to arXiv) and are
-#: the formula at the precision of their neighbours: re-check them against the paper.
+#: Provenance: 41.3 (7.5B, Nd = 4, P_os+g) and 4187.5 / 2218.75 (1T, Nd = 64) are the paper's
+#: printing as cited in issue 15; the other cells were transcribed without the PDF at hand
+#: (no route to arXiv from the build machine on 2026-12-01), most surely the 128B and 1T cells
+#: at Nd = 256 and 1024: re-read them against the paper once and fix any that differ.
 TABLE_1: dict[int, dict[int, tuple[str, str, str]]] = {
     7_500_000_000: {
         1: ("120", "120", "120"), 4: ("52.5", "41.3", "30"), 16: ("35.6", "21.6", "7.5"),
