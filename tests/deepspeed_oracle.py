@@ -30,11 +30,12 @@ import tempfile
 
 RANK_SCRIPT = """\
 import json, os, sys
-keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "CROSS_RANK", "CROSS_SIZE", "LOCAL_SIZE",
-        "CUDA_VISIBLE_DEVICES", "MASTER_ADDR", "MASTER_PORT")
-env = {k: os.environ[k] for k in keys if k in os.environ}
+# every variable launch.py set or changed: the rank's environment minus the one launch.py started with
+with open(os.path.join(sys.argv[-1], "base%s.json" % os.environ["CROSS_RANK"])) as f:
+    base = json.load(f)
+env = {k: v for k, v in os.environ.items() if base.get(k) != v}
 with open(os.path.join(sys.argv[-1], "rank%s.json" % os.environ["RANK"]), "w") as f:
-    json.dump({"env": env, "argv": sys.argv[1:-1]}, f)
+    json.dump({"env": env, "argv": sys.argv[1:-1]}, f, sort_keys=True)
 """
 
 
@@ -53,6 +54,8 @@ def _launch_node(world_b64: str, node_rank: int, script: str, out_dir: str) -> i
             os.dup2(devnull, 2)
             from deepspeed.launcher import launch
 
+            with open(os.path.join(out_dir, f"base{node_rank}.json"), "w") as f:  # what launch.py starts from
+                json.dump(dict(os.environ), f)
             sys.argv = ["launch.py", f"--world_info={world_b64}", f"--node_rank={node_rank}",
                         "--master_addr=127.0.0.1", "--master_port=29500", script, out_dir]
             launch.main()
@@ -119,7 +122,7 @@ def hostfile_cases(cases: list[dict]) -> list[dict]:
             continue
         ranks = {}
         for name in os.listdir(out_dir):
-            if name.startswith("rank"):
+            if name.startswith("rank") and name.endswith(".json"):
                 with open(os.path.join(out_dir, name)) as f:
                     ranks[int(name[4:-5])] = json.load(f)
         answer["ranks"] = [ranks[r] for r in sorted(ranks)]
