@@ -158,7 +158,7 @@ def _hostfile(args) -> int:
     pool = read_hostfile(args.hostfile)
     active = filter_resources(pool, args.include, args.exclude, args.num_nodes, args.num_gpus)
     print("hostfile: " + ", ".join(f"{h} slots={n}" for h, n in pool.items()))
-    print("active:   " + ", ".join(f"{h}:{','.join(map(str, s))}" for h, s in active.items()))
+    print("active:   " + ", ".join(f"{h}:{','.join(map(str, s)) or '(no slots)'}" for h, s in active.items()))
     print(format_layout(active))
     return 0
 
