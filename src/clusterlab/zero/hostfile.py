@@ -201,9 +201,8 @@ def format_layout(active) -> str:
         first_on = {}
         for r in ranks:
             first_on.setdefault(r.host, r.rank)
-        lines.append("LOCAL_RANK = RANK % LOCAL_SIZE (deepspeed/launcher/launch.py) is not the rank's index on its host:")
+        lines.append("LOCAL_RANK = RANK % LOCAL_SIZE (DeepSpeed's launch.py), not the index on the host:")
         for r in trapped:
             lines.append(f"  rank {r.rank} is process {r.index_on_host} on {r.host}: LOCAL_RANK = {r.rank} % {r.local_size}"
-                         f" = {r.local_rank}, and RANK - LOCAL_RANK = {r.rank - r.local_rank}, not {first_on[r.host]}"
-                         f" ({r.host}'s first rank)")
+                         f" = {r.local_rank}; RANK - LOCAL_RANK = {r.rank - r.local_rank}, not {first_on[r.host]}")
     return "\n".join(lines)
