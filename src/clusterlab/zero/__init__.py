@@ -12,6 +12,8 @@ One concept per module:
 * :mod:`~clusterlab.zero.launch` - starts those ranks under the core launcher and checks their reports;
 * :mod:`~clusterlab.zero.hostfile` - DeepSpeed hostfiles and ``--include``/``--exclude``;
 * :mod:`~clusterlab.zero.ds_config` - the batch-size rule of ``ds_config.json`` and the stage keys;
+* :mod:`~clusterlab.zero.ds_schema` - the ``zero_optimization`` keys and values DeepSpeed accepts;
+* :mod:`~clusterlab.zero.differences` - the one list of deliberate differences from the real DeepSpeed;
 * :mod:`~clusterlab.zero.cli` - ``clusterlab zero estimate|comm|simulate|hostfile|config``.
 
 Nothing here imports numpy at import time, so ``clusterlab`` starts fast.

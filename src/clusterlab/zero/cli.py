@@ -58,6 +58,8 @@ def register(subparsers) -> None:
 
     add_model_args(p)
     p.add_argument("--timeout", type=float, default=90.0, help="seconds before the whole job is stopped")
+    p.add_argument("--report", default=None, metavar="FILE",
+                   help="write the checks and every rank's report (slices, bytes held, timed collectives) as JSON")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("hostfile", help="parse a DeepSpeed hostfile and show every rank's environment", formatter_class=fmt)
@@ -139,6 +141,14 @@ def _simulate(args) -> int:
         print(f"clusterlab zero simulate: {exc}")
         return 1
     print(result.summary())
+    if args.report:
+        from .launch import as_json
+
+        try:
+            with open(args.report, "w", encoding="utf-8") as f:
+                f.write(as_json(result))
+        except OSError as exc:
+            raise UsageError(f"cannot write --report {args.report!r}: {exc.strerror}") from None
     return 0 if result.ok else 1
 
 
@@ -148,7 +158,7 @@ def _hostfile(args) -> int:
     pool = read_hostfile(args.hostfile)
     active = filter_resources(pool, args.include, args.exclude, args.num_nodes, args.num_gpus)
     print("hostfile: " + ", ".join(f"{h} slots={n}" for h, n in pool.items()))
-    print("active:   " + ", ".join(f"{h}:{','.join(map(str, s))}" for h, s in active.items()))
+    print("active:   " + ", ".join(f"{h}:{','.join(map(str, s)) or '(no slots)'}" for h, s in active.items()))
     print(format_layout(active))
     return 0
 

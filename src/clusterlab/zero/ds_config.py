@@ -34,6 +34,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
+from .ds_schema import ZERO_ALIASES, check_zero_section
 
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
@@ -78,11 +79,28 @@ class ConfigReport:
 
 
 def _int_key(cfg: dict, key: str):
+    """A batch number as DeepSpeed would use it, or None when absent; UsageError for what cannot be a batch.
+
+    DeepSpeed does plain arithmetic on these values: 64.0 passes (64.0 == 4 * 2 * 8) and is
+    accepted here too; a string stops DeepSpeed with a TypeError. It would also read ``true``
+    as 1 and accept a micro-batch of 0.5 when the product works out; the lab refuses both on
+    purpose (see :data:`clusterlab.zero.differences.DIFFERENCES`) and says so.
+    """
     value = cfg.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{key}={value!r} must be a whole number")
+    if isinstance(value, bool):
+        raise UsageError(f"{key}={json.dumps(value)}: DeepSpeed would compute with it as {int(value)}; "
+                         f"clusterlab refuses a boolean batch size on purpose: write {int(value)}")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, float):
+        raise UsageError(f"{key}={value!r} is not a whole number of samples; DeepSpeed only checks the product, "
+                         "clusterlab refuses fractions on purpose: use a positive integer")
+    if not isinstance(value, int):
+        raise UsageError(f"{key}={value!r} must be a whole number (DeepSpeed stops with a TypeError on it)")
+    if value <= 0:
+        raise UsageError(f"{key}={value} must be greater than 0 (DeepSpeed refuses it too)")
     return value
 
 
@@ -123,29 +141,37 @@ def check_config(cfg: object, world_size: int) -> ConfigReport:
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise UsageError(f"world_size={world_size!r} must be a positive integer")
     batch = resolve_batch(cfg, world_size)
-    zero = cfg.get("zero_optimization", {})
-    if not isinstance(zero, dict):
-        raise UsageError(f"zero_optimization={zero!r} must be an object like {{\"stage\": 2}}")
-    stage = zero.get("stage", 0 if zero else None)
-    if stage is not None and (isinstance(stage, bool) or stage not in (0, 1, 2, 3)):
-        raise UsageError(f"zero_optimization.stage={stage!r} is not a ZeRO stage; use 0, 1, 2 or 3")
+    zero = check_zero_section(cfg.get("zero_optimization", {})) if "zero_optimization" in cfg else {}
+    stage = zero.get("stage", 0 if "zero_optimization" in cfg else None)
     notes = []
     for key, value in zero.items():
         if key == "stage":
             continue
-        if key not in ZERO_KEYS:
-            notes.append(f"  {key}: not a key this lab explains (check DeepSpeed's config docs)")
+        name = ZERO_ALIASES.get(key, key)
+        if name not in ZERO_KEYS and key not in ZERO_KEYS:
+            notes.append(f"  {key} = {json.dumps(value)}: a valid DeepSpeed key this lab does not explain")
             continue
-        min_stage, meaning = ZERO_KEYS[key]
+        min_stage, meaning = ZERO_KEYS.get(key) or ZERO_KEYS[name]
         unused = " - has no effect below stage %d" % min_stage if (stage or 0) < min_stage else ""
         notes.append(f"  {key} = {json.dumps(value)}: {meaning}{unused}")
     return ConfigReport(world_size, batch, stage, notes)
 
 
+def _no_duplicates(pairs: list) -> dict:
+    """DeepSpeed loads the file with ``dict_raise_error_on_duplicate_keys``: a key given twice is an error."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise UsageError(f"key {key!r} appears twice in one object; DeepSpeed refuses that: keep one")
+        seen[key] = value
+    return seen
+
+
 def read_config(path: str, world_size: int) -> ConfigReport:
+    """Read ``path`` as strict JSON (DeepSpeed reads Hjson, a superset) and check it for ``world_size`` ranks."""
     try:
         with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
+            cfg = json.load(f, object_pairs_hook=_no_duplicates)
     except OSError as exc:
         raise UsageError(f"cannot read ds_config {path!r}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:

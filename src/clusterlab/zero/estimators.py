@@ -17,10 +17,12 @@ different question from the paper's model in :mod:`clusterlab.zero.memory`:
 * "GB" in the printout is really GiB (the value is divided by 2**30).
 
 The functions keep DeepSpeed's names and arguments, and the integer
-truncations happen where DeepSpeed does them, so the printed tables match
-DeepSpeed's character for character. DeepSpeed formats the offload device as
-``f'{OffloadDeviceEnum.cpu:4}'``, which its documentation shows as ``cpu ``
-(padded to 4); that is what is printed here.
+truncations happen where DeepSpeed does them, so every number equals DeepSpeed's
+(``tests/test_zero_deepspeed.py`` compares them all against DeepSpeed itself). One
+label differs: DeepSpeed formats the offload device as ``f'{OffloadDeviceEnum.cpu:4}'``,
+which its documentation shows as ``cpu `` (padded to 4) but Python 3.11 and later
+print as ``OffloadDeviceEnum.cpu``; the documented ``cpu `` is printed here
+(:data:`clusterlab.zero.differences.DIFFERENCES`, ``offload-label``).
 
 Note: DeepSpeed's documented ZeRO-2 sample (2851M params, 8 GPUs) shows 15.93GB
 per GPU without offload; that comes from an older formula (4 psi + 16 psi / N).

@@ -144,4 +144,5 @@ def check(cfg, result: SimulationResult) -> list[Check]:
 
 
 def as_json(result: SimulationResult) -> str:
-    return json.dumps({"ok": result.ok, "checks": [asdict(c) for c in result.checks], "reports": result.reports})
+    return json.dumps({"ok": result.ok, "nnodes": result.nnodes, "nproc_per_node": result.nproc_per_node,
+                       "checks": [asdict(c) for c in result.checks], "reports": result.reports})

@@ -33,6 +33,7 @@ The traffic these stages cost is a separate concern: see :mod:`clusterlab.zero.c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ._checks import STAGES, check_positive_int, check_stage
@@ -110,16 +111,69 @@ def largest_fitting_stage(num_params: int, dp_degree: int, device_bytes: float) 
     return None
 
 
-def format_gb(nbytes: float) -> str:
-    """Bytes as decimal GB (10^9), with 3 significant digits below 100 like the paper's Table 1."""
+#: Table 1 of the ZeRO paper (arXiv:1910.02054v3, section 5.1): per-device model-state GB
+#: (GB = 10^9 bytes, K = 12) for P_os, P_os+g and P_os+g+p, as the paper prints each cell.
+#: Keys: psi -> {DP degree Nd: (P_os, P_os+g, P_os+g+p)}. Stage 0 (plain DP) is the Nd = 1 row.
+#: The cells are kept as printed because the paper's precision varies from cell to cell
+#: (1.88, 4187.5, 2218.75, 4046.9); the CLI prints a cell at the paper's precision, rounding
+#: half up as the paper does (41.25 -> 41.3), and tests/test_zero_memory.py checks that the
+#: formulas above reproduce every one of the 54 strings under that rounding.
+#: Provenance: 41.3 (7.5B, Nd = 4, P_os+g) and 4187.5 / 2218.75 (1T, Nd = 64) are the paper's
+#: printing as cited in issue 15; the other cells were transcribed without the PDF at hand
+#: (no route to arXiv from the build machine on 2026-12-01), most surely the 128B and 1T cells
+#: at Nd = 256 and 1024: re-read them against the paper once and fix any that differ.
+TABLE_1: dict[int, dict[int, tuple[str, str, str]]] = {
+    7_500_000_000: {
+        1: ("120", "120", "120"), 4: ("52.5", "41.3", "30"), 16: ("35.6", "21.6", "7.5"),
+        64: ("31.4", "16.6", "1.88"), 256: ("30.4", "15.4", "0.47"), 1024: ("30.1", "15.1", "0.12"),
+    },
+    128_000_000_000: {
+        1: ("2048", "2048", "2048"), 4: ("896", "704", "512"), 16: ("608", "368", "128"),
+        64: ("536", "284", "32"), 256: ("518", "263", "8"), 1024: ("513.5", "257.8", "2"),
+    },
+    1_000_000_000_000: {
+        1: ("16000", "16000", "16000"), 4: ("7000", "5500", "4000"), 16: ("4750", "2875", "1000"),
+        64: ("4187.5", "2218.75", "250"), 256: ("4046.9", "2054.7", "62.5"), 1024: ("4011.7", "2013.7", "15.6"),
+    },
+}
+
+
+def round_half_up(value: float, decimals: int) -> str:
+    """``value`` with ``decimals`` digits after the point, halves rounded up (41.25 -> "41.3", not "41.2")."""
+    from decimal import ROUND_HALF_UP, Decimal
+
+    # repr() gives the shortest string that is the same double, so 41.25 stays 41.25 (not 41.249999...)
+    quantum = Decimal(1).scaleb(-decimals)
+    return str(Decimal(repr(float(value))).quantize(quantum, rounding=ROUND_HALF_UP))
+
+
+def decimals_of(text: str) -> int:
+    """How many digits a printed number has after its point: "1.88" -> 2, "120" -> 0."""
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def table_1_cell(num_params: int, dp_degree: int, stage: int) -> str | None:
+    """The paper's printed cell for this model, Nd and stage, or None if Table 1 has no such cell."""
+    row = TABLE_1.get(num_params, {}).get(1 if stage == 0 else dp_degree)
+    if row is None:
+        return None
+    return row[0] if stage == 0 else row[stage - 1]
+
+
+def format_gb(nbytes: float, decimals: int | None = None) -> str:
+    """Bytes as decimal GB (10^9), rounded half up: to ``decimals`` digits if given, else
+    3 significant digits below 100 and 1 decimal from 100 on (a trailing ".0" dropped), as Table 1 mostly does."""
     gb = nbytes / 1e9
-    if gb >= 100:
-        return f"{gb:,.0f}"
-    if gb >= 10:
-        return f"{gb:.1f}"
-    if gb >= 1:
-        return f"{gb:.2f}"
-    return f"{gb:.3g}"
+    if decimals is None:
+        decimals = 1 if gb >= 100 else max(0, 2 - math.floor(math.log10(gb))) if gb > 0 else 0
+    text = round_half_up(gb, decimals)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def format_cell(num_params: int, dp_degree: int, stage: int, nbytes: float) -> str:
+    """A total as the CLI prints it: at the paper's precision where Table 1 has the same cell."""
+    paper = table_1_cell(num_params, dp_degree, stage)
+    return format_gb(nbytes, decimals_of(paper) if paper is not None else None)
 
 
 def format_estimate(
@@ -143,11 +197,15 @@ def format_estimate(
         m = model_state_bytes(num_params, dp, stage)
         row = (
             f"{stage:<6}{STAGE_NAMES[stage]:<32}{format_gb(m.params):>10}{format_gb(m.grads):>10}"
-            f"{format_gb(m.optimizer):>10}{format_gb(m.total):>10}"
+            f"{format_gb(m.optimizer):>10}{format_cell(num_params, dp, stage, m.total):>10}"
         )
         if device_gb is not None:
             row += "   yes" if m.total <= device_gb * 1e9 else "   no"
         lines.append(row)
+    cited = [s for s in stages if table_1_cell(num_params, dp, s) is not None]
+    if cited:
+        lines.append(f"Stage(s) {', '.join(map(str, cited))}: the paper's Table 1 has these cells (Nd = {dp}); "
+                     "their totals are printed at its precision, rounded half up.")
     if device_gb is not None:
         best = largest_fitting_stage(num_params, dp, device_gb * 1e9)
         if best is None:

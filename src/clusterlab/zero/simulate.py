@@ -38,6 +38,7 @@ single-process computation they are checked against.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -108,11 +109,15 @@ def batch(cfg: SimConfig, step: int, micro: int, rank: int) -> tuple[np.ndarray,
     return x, np.sin(x @ teacher)
 
 
-def forward_backward(cfg: SimConfig, get_layer: Callable[[int, str], np.ndarray], x, y, denom: int):
+def forward_backward(cfg: SimConfig, get_layer: Callable[[int, str], np.ndarray], x, y, denom: int,
+                     on_grad: Callable[[int, np.ndarray], None] | None = None):
     """Loss share and fp32 gradients (one flat vector per layer) of ``sum(0.5 |f(x) - y|^2) / denom``.
 
     ``get_layer(i, phase)`` supplies layer i's fp16 params when they are needed
     (phase "forward" or "backward"); ZeRO-3 gathers them there and then.
+    ``on_grad(i, g)`` is called as soon as layer i's gradient exists, in backward
+    order (layer 1, then layer 0): ZeRO-2/3 reduce-scatter it there, inside the
+    backward pass, as DeepSpeed's gradient hooks do.
     """
     d_in, h, d_out = cfg.d_in, cfg.hidden, cfg.d_out
     p0 = get_layer(0, "forward").astype(np.float32)
@@ -125,12 +130,16 @@ def forward_backward(cfg: SimConfig, get_layer: Callable[[int, str], np.ndarray]
     loss = float(0.5 * np.sum(diff * diff) / denom)
     dout = diff / denom
     p1 = get_layer(1, "backward").astype(np.float32)
-    g1 = np.concatenate([(a.T @ dout).ravel(), dout.sum(0)])
+    g1 = np.concatenate([(a.T @ dout).ravel(), dout.sum(0)]).astype(np.float32)
     dz = (dout @ p1[: h * d_out].reshape(h, d_out).T) * (1 - a * a)
     del p1
+    if on_grad is not None:
+        on_grad(1, g1)
     get_layer(0, "backward")  # ZeRO-3 re-gathers every layer for backward (the paper's 3 psi); layer 0 needs no W here
-    g0 = np.concatenate([(x.T @ dz).ravel(), dz.sum(0)])
-    return loss, [g0.astype(np.float32), g1.astype(np.float32)]
+    g0 = np.concatenate([(x.T @ dz).ravel(), dz.sum(0)]).astype(np.float32)
+    if on_grad is not None:
+        on_grad(0, g0)
+    return loss, [g0, g1]
 
 
 def adam(master, m, v, grad, t: int, lr: float) -> None:
@@ -186,6 +195,18 @@ class ZeroRank:
         self.m = [np.zeros_like(s) for s in self.master]
         self.v = [np.zeros_like(s) for s in self.master]
         self.init_traffic = ring.traffic.copy()
+        #: one record per collective of the training steps, for the timeline on Part 5
+        self.events: list[dict] = []
+        self._where = (0, 0)  # (step, micro-step) being run
+
+    def _timed(self, op: str, layer: int, phase: str, run: Callable[[], np.ndarray]) -> np.ndarray:
+        """Run one collective and record when it started and ended (wall clock, comparable across ranks)."""
+        before, start = self.ring.traffic.total, time.time()
+        out = run()
+        self.events.append({"step": self._where[0], "micro": self._where[1], "layer": layer, "op": op,
+                            "phase": phase, "start": start, "end": time.time(),
+                            "sent": self.ring.traffic.total - before})
+        return out
 
     # -- what the rank holds --
     def held_bytes(self) -> dict[str, int]:
@@ -213,38 +234,44 @@ class ZeroRank:
     def _chunks(self, a: np.ndarray) -> list[np.ndarray]:
         return np.split(a, self.ring.world_size)
 
-    def _layer(self, i: int, _phase: str) -> np.ndarray:
+    def _layer(self, i: int, phase: str) -> np.ndarray:
         if self.cfg.stage < 3:
             return self.params16[i]
-        return np.concatenate(all_gather(self.ring, self.params16[i]))  # gathered, used, dropped
+        # gathered, used, dropped
+        return self._timed("all-gather", i, phase, lambda: np.concatenate(all_gather(self.ring, self.params16[i])))
 
     def step(self, step: int) -> dict:
         cfg, ring = self.cfg, self.ring
         before = ring.traffic.copy()
         denom = cfg.micro_batch * ring.world_size * cfg.grad_accum
         loss = 0.0
+
+        def on_grad(i: int, g: np.ndarray) -> None:
+            g16 = (g * cfg.loss_scale).astype(np.float16)  # scaled so small grads survive fp16
+            if cfg.stage >= 2:  # reduce now, inside the backward pass, and keep only the own slice
+                self.grads16[i] += self._timed("reduce-scatter", i, "backward",
+                                               lambda: reduce_scatter(ring, self._chunks(g16)))
+            else:  # accumulate locally, reduce at the boundary
+                self.grads16[i] += g16
+
         for micro in range(cfg.grad_accum):
+            self._where = (step + 1, micro + 1)
             x, y = batch(cfg, step, micro, ring.rank)
-            part, grads = forward_backward(cfg, self._layer, x, y, denom)
+            part, _ = forward_backward(cfg, self._layer, x, y, denom, on_grad)
             loss += part
-            for i, g in enumerate(grads):
-                g16 = (g * cfg.loss_scale).astype(np.float16)  # scaled so small grads survive fp16
-                if cfg.stage >= 2:  # reduce now, keep only the own slice
-                    self.grads16[i] += reduce_scatter(ring, self._chunks(g16))
-                else:  # accumulate locally, reduce at the boundary
-                    self.grads16[i] += g16
         for i in range(len(self.master)):
             if cfg.stage == 0:
-                self.grads16[i] = np.concatenate(all_reduce(ring, self._chunks(self.grads16[i])))
+                self.grads16[i] = np.concatenate(self._timed("all-reduce", i, "step",
+                                                             lambda: all_reduce(ring, self._chunks(self.grads16[i]))))
                 mine = self.grads16[i]
             elif cfg.stage == 1:
-                mine = reduce_scatter(ring, self._chunks(self.grads16[i]))
+                mine = self._timed("reduce-scatter", i, "step", lambda: reduce_scatter(ring, self._chunks(self.grads16[i])))
             else:
                 mine = self.grads16[i]
             adam(self.master[i], self.m[i], self.v[i], mine.astype(np.float32) / cfg.loss_scale, step + 1, cfg.lr)
             new16 = self.master[i].astype(np.float16)
             if cfg.stage in (1, 2):
-                self.params16[i] = np.concatenate(all_gather(ring, new16))
+                self.params16[i] = self._timed("all-gather", i, "step", lambda: np.concatenate(all_gather(ring, new16)))
             else:
                 self.params16[i] = new16
             self.grads16[i][:] = 0
@@ -259,6 +286,7 @@ class ZeroRank:
             "held": self.held_bytes(),
             "init": {"intra": self.init_traffic.intra, "inter": self.init_traffic.inter},
             "steps": steps,
+            "events": self.events,
             # the own slice of the fp32 master weights, to assemble the final model
             "master": [
                 (mm if self.cfg.stage >= 1 else mm[a:b]).tolist()
