@@ -61,7 +61,7 @@ def _launch_node(world_b64: str, node_rank: int, script: str, out_dir: str) -> i
             launch.main()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        except BaseException as exc:
             with open(os.path.join(out_dir, f"node{node_rank}.error"), "w") as f:
                 f.write(_err(exc)["error"])
             code = 3
@@ -99,7 +99,7 @@ def hostfile_cases(cases: list[dict]) -> list[dict]:
             answer["world_info"] = {h: list(s) for h, s in active.items()}
             world_b64 = runner.encode_world_info(active)
             answer["world_info_b64"] = world_b64
-        except Exception as exc:  # noqa: BLE001 - DeepSpeed's rejection is the answer
+        except Exception as exc:
             answer.update(_err(exc))
             continue
         out_dir = os.path.join(tmp, f"out{i}")
@@ -181,7 +181,7 @@ def config_cases(cases: list[dict]) -> list[dict]:
             cfg = ds_config.DeepSpeedConfig(json.loads(json.dumps(c["config"])))
             out.append({"batch": [cfg.train_batch_size, cfg.train_micro_batch_size_per_gpu,
                                   cfg.gradient_accumulation_steps], "stage": int(cfg.zero_optimization_stage)})
-        except Exception as exc:  # noqa: BLE001 - DeepSpeed's rejection is the answer
+        except Exception as exc:
             out.append(_err(exc))
     return out
 

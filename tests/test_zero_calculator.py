@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from helpers import clusterlab
 from test_site import strict_build
 
@@ -42,7 +41,7 @@ CASES = [
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+    def log_message(self, format, *args):
         pass
 
 

@@ -121,7 +121,7 @@ def test_size_mismatch_is_reported():
         n = 3 if ring.rank == 0 else 4
         return C.all_gather(ring, np.zeros(n, dtype=np.float32))
 
-    with pytest.raises(RuntimeError, match="expected .* bytes"):
+    with pytest.raises(RuntimeError, match=r"expected .* bytes"):
         run_ring(layout, fn)
 
 

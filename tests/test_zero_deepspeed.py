@@ -87,8 +87,8 @@ HOSTFILES = [
 ]
 
 ESTIMATORS = [
-    {"total": t, "largest": l, "gpus": g, "nodes": n, "factor": f}
-    for t, l in ((2851e6, 32e6), (7.5e9, 0.5e9), (1e12, 4e9), (123_456_789, 1_234_567), (60e6, 16e6))
+    {"total": t, "largest": big, "gpus": g, "nodes": n, "factor": f}
+    for t, big in ((2851e6, 32e6), (7.5e9, 0.5e9), (1e12, 4e9), (123_456_789, 1_234_567), (60e6, 16e6))
     for g in (1, 2, 8) for n in (1, 2, 16) for f in (1.0, 1.5)
 ]
 
@@ -310,5 +310,5 @@ def test_zero_schema_is_deepspeeds(deepspeed_answers):
             kind, bound, optional = _kind(field)
             assert ours[name][0] == kind, name
             assert (ours[name][1] and tuple(ours[name][1])) == bound, name
-            assert ours[name][2] == optional or kind == "bool" and name in ("cpu_offload_param",), name
+            assert ours[name][2] == optional or (kind == "bool" and name in ("cpu_offload_param",)), name
     assert ZERO_ALIASES == {f["alias"]: n for n, f in schema["zero"].items() if f["alias"]}

@@ -13,8 +13,16 @@ import pytest
 from clusterlab.errors import UsageError
 from clusterlab.zero import estimators
 from clusterlab.zero.memory import (
-    TABLE_1, decimals_of, format_estimate, format_gb, model_state_bytes, per_device_bytes, round_half_up, table_1_cell,
+    TABLE_1,
+    decimals_of,
+    format_estimate,
+    format_gb,
+    model_state_bytes,
+    per_device_bytes,
+    round_half_up,
+    table_1_cell,
 )
+
 
 @pytest.mark.parametrize("psi", sorted(TABLE_1))
 @pytest.mark.parametrize("nd", [1, 4, 16, 64, 256, 1024])

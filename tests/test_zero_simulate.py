@@ -13,12 +13,11 @@ import sys
 
 import numpy as np
 import pytest
+from test_zero_collectives import run_ring  # the thread-per-rank harness over socket pairs
 
 from clusterlab.layout import ClusterLayout
 from clusterlab.zero.launch import TOLERANCE, SimulationResult, check, launch
 from clusterlab.zero.simulate import SimConfig, assemble_master, run_rank
-
-from test_zero_collectives import run_ring  # the thread-per-rank harness over socket pairs
 
 
 def _threads(cfg: SimConfig, nnodes: int, nproc: int) -> SimulationResult:
@@ -102,6 +101,6 @@ def test_cli_start_up_does_not_import_numpy():
 def test_a_job_that_overruns_its_timeout_is_stopped_with_everything_it_started():
     from clusterlab.zero.launch import SimulationFailed
 
-    with pytest.raises(SimulationFailed, match="did not finish within 0.5s"):
+    with pytest.raises(SimulationFailed, match=r"did not finish within 0\.5s"):
         launch(SimConfig(stage=3, steps=200), 2, 4, timeout=0.5)
     # the autouse fixture fails this test if any launcher, agent or worker is still alive

@@ -17,7 +17,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-
 from test_site import ROOT, built  # noqa: F401 - the session's one strict build
 
 pytestmark = pytest.mark.timeout(600)

@@ -27,8 +27,9 @@ Sums are done in the dtype of the data (fp16 for gradients, as on the wire).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -114,7 +115,7 @@ def all_gather(ring: Ring, chunk: np.ndarray) -> list[np.ndarray]:
     out: list[np.ndarray | None] = [None] * p
     out[r] = np.array(chunk, copy=True)
     for s in range(p - 1):
-        ring.send(out[(r - s) % p])
+        ring.send(out[(r - s) % p])  # type: ignore[arg-type]  # (filled: the ring has just sent it round)
         out[(r - s - 1) % p] = ring.recv(chunk).copy()
     return out  # type: ignore[return-value]
 

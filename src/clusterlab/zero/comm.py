@@ -74,8 +74,10 @@ NVLINK4 = Link(bandwidth=450e9, latency=3e-6)
 IB_NDR = Link(bandwidth=400e9 / 8, latency=10e-6)
 
 #: Per stage, the collectives of one micro-step and of the step boundary, each moving psi elements.
-_PER_MICRO = {0: (), 1: (), 2: ("reduce-scatter grads",), 3: ("all-gather params (fwd)", "all-gather params (bwd)", "reduce-scatter grads")}
-_PER_STEP = {0: ("reduce-scatter grads", "all-gather grads"), 1: ("reduce-scatter grads", "all-gather params"), 2: ("all-gather params",), 3: ()}
+_PER_MICRO = {0: (), 1: (), 2: ("reduce-scatter grads",),
+              3: ("all-gather params (fwd)", "all-gather params (bwd)", "reduce-scatter grads")}
+_PER_STEP = {0: ("reduce-scatter grads", "all-gather grads"), 1: ("reduce-scatter grads", "all-gather params"),
+             2: ("all-gather params",), 3: ()}
 
 
 def step_collectives(stage: int, grad_accum: int = 1) -> list[str]:
@@ -102,7 +104,8 @@ def _ring(nbytes: float, p: int, link: Link) -> float:
     return (p - 1) * (link.latency + nbytes / p / link.bandwidth) if p > 1 else 0.0
 
 
-def collective_time(nbytes: float, nnodes: int, gpus_per_node: int, intra: Link = NVLINK4, inter: Link = IB_NDR, hierarchical: bool = False) -> float:
+def collective_time(nbytes: float, nnodes: int, gpus_per_node: int, intra: Link = NVLINK4, inter: Link = IB_NDR,
+                    hierarchical: bool = False) -> float:
     """Seconds for one reduce-scatter (or all-gather) of ``nbytes`` over ``nnodes x gpus_per_node`` ranks."""
     n, g = check_positive_int("nodes", nnodes), check_positive_int("gpus_per_node", gpus_per_node)
     if n == 1:

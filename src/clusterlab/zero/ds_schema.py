@@ -135,7 +135,7 @@ def _as_float(where: str, value: object) -> float:
 def _check_bound(where: str, value, bound) -> None:
     if bound is None:
         return
-    if bound[0] == ">" and not value > bound[1] or bound[0] == ">=" and not value >= bound[1]:
+    if (bound[0] == ">" and not value > bound[1]) or (bound[0] == ">=" and not value >= bound[1]):
         raise UsageError(f"{where}={value!r} must be {bound[0]} {bound[1]}")
     if bound[0] == "in" and not bound[1] <= value <= bound[2]:
         raise UsageError(f"{where}={value!r} must be between {bound[1]} and {bound[2]}")
@@ -152,6 +152,7 @@ def _value(where: str, kind: str, bound, value: object):
         return stage
     if kind == "bool":
         return _as_bool(where, value)
+    number: float
     if kind == "int":
         number = _as_int(where, value)
     elif kind == "float":

@@ -177,20 +177,8 @@ def estimate_zero2_model_states_mem_needs_all_cold(
     print(format_zero2_estimates(total_params, num_gpus_per_node, num_nodes, additional_buffer_factor))
 
 
-def estimate_zero2_model_states_mem_needs_all_live(model, num_gpus_per_node=1, num_nodes=1, additional_buffer_factor=1.5):
-    """Print the ZeRO-2 table for a real (torch-like) model."""
-    total, _ = model_to_params(model)
-    estimate_zero2_model_states_mem_needs_all_cold(total, num_gpus_per_node, num_nodes, additional_buffer_factor)
-
-
 def estimate_zero3_model_states_mem_needs_all_cold(
     total_params, largest_layer_params, num_gpus_per_node=1, num_nodes=1, additional_buffer_factor=1.5
 ) -> None:
     """Print the ZeRO-3 table for a hypothetical model."""
     print(format_zero3_estimates(total_params, largest_layer_params, num_gpus_per_node, num_nodes, additional_buffer_factor))
-
-
-def estimate_zero3_model_states_mem_needs_all_live(model, num_gpus_per_node=1, num_nodes=1, additional_buffer_factor=1.5):
-    """Print the ZeRO-3 table for a real (torch-like) model."""
-    total, largest = model_to_params(model)
-    estimate_zero3_model_states_mem_needs_all_cold(total, largest, num_gpus_per_node, num_nodes, additional_buffer_factor)

@@ -82,7 +82,8 @@ def read_hostfile(path: str) -> "OrderedDict[str, int]":
     except OSError as exc:
         raise UsageError(f"cannot read hostfile {path!r}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise UsageError(f"hostfile {path!r} is not UTF-8 text (byte {exc.start}); a hostfile holds lines like 'worker-0 slots=4'") from None
+        raise UsageError(f"hostfile {path!r} is not UTF-8 text (byte {exc.start}); "
+                         "a hostfile holds lines like 'worker-0 slots=4'") from None
     return parse_hostfile(text, source=path)
 
 
@@ -135,7 +136,7 @@ def filter_resources(pool, include: str = "", exclude: str = "", num_nodes: int 
             else:
                 picked[host] = [s for s in picked[host] if slots and s not in slots]
         # a filter drops the hosts it leaves empty; without one, an empty host stays (DeepSpeed does the same)
-        active = OrderedDict((h, picked[h]) for h in pool if h in picked and picked[h])
+        active = OrderedDict((h, picked[h]) for h in pool if picked.get(h))
     if num_nodes > 0:
         active = OrderedDict(list(active.items())[:num_nodes])
     if num_gpus > 0:
@@ -198,7 +199,7 @@ def format_layout(active) -> str:
             lines.append(f"{host} (CROSS_RANK={cross_rank}) has no slots: it runs no rank but counts in CROSS_SIZE")
     trapped = [r for r in ranks if r.local_rank != r.index_on_host]
     if trapped:
-        first_on = {}
+        first_on: dict[str, int] = {}
         for r in ranks:
             first_on.setdefault(r.host, r.rank)
         lines.append("LOCAL_RANK = RANK % LOCAL_SIZE (DeepSpeed's launch.py), not the index on the host:")

@@ -31,7 +31,7 @@ def _recv_exact(sock: socket.socket, n: int, what: str) -> bytes:
     while len(buf) < n:
         try:
             part = sock.recv(min(n - len(buf), 1 << 20))
-        except socket.timeout:
+        except TimeoutError:
             raise TimeoutError(f"timed out waiting for {what}") from None
         if not part:
             raise ConnectionError(f"connection closed while waiting for {what} ({len(buf)} of {n} bytes)")
@@ -101,7 +101,7 @@ def connect_ring(
     listener.settimeout(timeout)
     try:
         inc, _ = listener.accept()
-    except socket.timeout:
+    except TimeoutError:
         raise TimeoutError(f"rank {rank}: rank {prev} never connected within {timeout:g}s") from None
     inc.settimeout(timeout)
     (who,) = _HELLO.unpack(_recv_exact(inc, _HELLO.size, f"rank {prev}'s hello"))
