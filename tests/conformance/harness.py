@@ -14,8 +14,10 @@ every variable of every task, the exit status, and the output lines.
 
 **What is normalised** (values that differ by nature; everything else must match):
 :data:`NORMALISED` names each variable and why; in output lines, the job id becomes
-``<job>`` and a time stamp ``<time>``. Output lines are compared as sorted lists,
-because tasks print concurrently. An error message counts as the same when
+``<job>``, a time stamp ``<time>`` and (for the example scripts, whose port is
+derived from the job id) a port ``:<port>``. Output lines are compared as sorted
+lists, because tasks print concurrently, and srun's ``tasks 0-1: Exited ...`` lines
+one task at a time, because which tasks share such a line depends on timing. An error message counts as the same when
 clusterlab's one line contains Slurm's message (clusterlab may add the fix, and
 prefixes ``clusterlab srun: error:`` as every clusterlab command does).
 """
@@ -45,6 +47,7 @@ NORMALISED = {
 }
 #: Output text that differs by nature: job ids and time stamps.
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+PORT = re.compile(r"(node\d+|127\.0\.0\.1):\d{4,5}\b")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Request:
     script: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     timeout: float = 60.0
+    cwd: str | None = None  # default: the run's work directory (the same on both sides)
 
 
 @dataclass
@@ -89,7 +93,7 @@ def run(side: str, request: Request, workdir: Path, slurm_conf: str | None = Non
             argv.insert(1, "--wait")
     else:
         argv = [sys.executable, "-m", "clusterlab", *argv]
-    proc = subprocess.run(argv, env=env, cwd=workdir, capture_output=True, text=True, timeout=request.timeout)
+    proc = subprocess.run(argv, env=env, cwd=request.cwd or workdir, capture_output=True, text=True, timeout=request.timeout)
     outcome = Outcome(proc.returncode, proc.stdout.splitlines(), proc.stderr.splitlines())
     for path in sorted(out.iterdir()):
         if path.name.endswith(".out"):  # a batch job's output file: part of stdout
@@ -102,10 +106,30 @@ def run(side: str, request: Request, workdir: Path, slurm_conf: str | None = Non
     return outcome
 
 
+#: srun's line for tasks of one node that exited with one status: ``srun: error: node001: tasks 0,2: Terminated``
+TASK_EXIT = re.compile(r"^(?P<pre>(?:\S+: )?srun: error: \S+: )tasks? (?P<ids>[\d,-]+): (?P<what>.*)$")
+
+
+def _split_exits(lines: list[str]) -> list[str]:
+    """One line per task: which tasks slurmstepd reaps together (and srun reports on one line)
+    depends on timing, so ``tasks 0-1: X`` is compared as ``task 0: X`` and ``task 1: X``."""
+    out = []
+    for line in lines:
+        m = TASK_EXIT.match(line)
+        if not m:
+            out.append(line)
+            continue
+        for part in m.group("ids").split(","):
+            lo, _, hi = part.partition("-")
+            out += [f"{m.group('pre')}task {t}: {m.group('what')}" for t in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
 def _normal_line(line: str, job_id: str | None) -> str:
     if job_id:
         line = re.sub(rf"\b{job_id}\b", "<job>", line)
     line = TIME.sub("<time>", line)
+    line = PORT.sub(r"\1:<port>", line)
     return line.replace("clusterlab srun: error: ", "srun: error: ").replace(
         "clusterlab sbatch: error: ", "sbatch: error: ").replace("clusterlab scontrol: error: ", "scontrol: error: ")
 
@@ -125,8 +149,8 @@ def compare(real: Outcome, lab: Outcome) -> tuple[int, list[str]]:
     if real.code != lab.code:
         diffs.append(f"exit status: real {real.code}, clusterlab {lab.code}")
     for stream in ("stdout", "stderr"):
-        a = sorted(_normal_line(x, real.job_id) for x in getattr(real, stream))
-        b = sorted(_normal_line(x, lab.job_id) for x in getattr(lab, stream))
+        a = sorted(_normal_line(x, real.job_id) for x in _split_exits(getattr(real, stream)))
+        b = sorted(_normal_line(x, lab.job_id) for x in _split_exits(getattr(lab, stream)))
         compared += max(len(a), len(b))
         missing = [x for x in a if not _covered(x, b)]
         extra = [x for x in b if not any(_covered(y, [x]) for y in a)]

@@ -80,10 +80,13 @@ BATCH = [
     _batch("batch-per-node-c2", "-N2;--ntasks-per-node=2;-c2",
            "srun {dump}\nsrun -n2 {dump}\nsrun -N1 {dump}\nsrun -n1 -N1 {dump}"),
     _batch("batch-pack-N2-n4", "-N2;-n4", "srun {dump}\nsrun -n2 {dump}\nsrun -N1 -n1 {dump}"),
-    _batch("batch-gpus", "-N2;--ntasks-per-node=2;--gpus-per-node=2", "srun {dump}\nsrun --gpus-per-task=1 -n2 {dump}"),
+    _batch("batch-gpus", "-N2;--ntasks-per-node=2;--gpus-per-node=2", "srun {dump}\nsrun -n2 {dump}"),
+    _batch("batch-gpus-per-task", "-N2;--ntasks-per-node=2;--gpus-per-task=1", "srun {dump}"),
+    _batch("batch-defaults", "-N2", "srun -n1 {dump}\nsrun -c2 {dump}\nsrun --ntasks-per-node=2 {dump}"),
     _batch("batch-exclusive", "-N2;-n4;--exclusive", "srun {dump}\nsrun -c8 -n2 {dump}"),
     _batch("batch-oversized-step", "-N2;--ntasks-per-node=1",
            "srun -N2 -n3 --ntasks-per-node=1 true\necho \"step exit $?\"\nsrun -n4 true\necho \"step exit $?\""),
+    _batch("batch-cannot-fit", "-N2;-n10;--ntasks-per-node=2", "srun true"),
     _batch("batch-exit", "-N1", "srun sh -c 'exit 3'\necho \"step exit $?\"\nexit 5"),
 ]
 
@@ -95,7 +98,7 @@ def examples() -> list[Request]:
         if "buggy" in path.name:
             continue  # a linter exhibit, not a job to run
         found.append(Request(f"example-{path.stem}", ("sbatch", "--output={out}/batch.out", str(path)),
-                             timeout=120))
+                             timeout=120, cwd=str(ROOT)))
     return found
 
 
