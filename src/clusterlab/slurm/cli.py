@@ -77,6 +77,10 @@ def _cmd_scontrol(args) -> int:
     return 0
 
 
+_STEP_GPU_VARS = ("CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES", "SLURM_GPUS_ON_NODE",
+                  "SLURM_STEP_GPUS", "SLURMD_TRES_BIND")
+
+
 def _inside_job() -> str | None:
     job_dir = os.environ.get(JOB_DIR_ENV)
     if job_dir and os.environ.get("SLURM_JOB_ID") and os.path.isfile(os.path.join(job_dir, "allocation.json")):
@@ -97,7 +101,8 @@ def _cmd_srun(args) -> int:
         if job_dir:  # a step of the running job: inherit the job's SLURM_* as input options
             alloc = Allocation.load(os.path.join(job_dir, "allocation.json"))
             values = {**options.from_env(os.environ, options.SRUN_ENV), **values}
-            base = dict(os.environ)
+            # the step's GPUs replace the batch shell's (a step without GPUs sees none, as under slurmstepd)
+            base = {k: v for k, v in os.environ.items() if k not in _STEP_GPU_VARS}
             conf = os.environ.get("SLURM_CONF") or os.path.join(job_dir, "slurm.conf")
         else:  # srun outside a job creates the allocation itself (job name: the command's)
             alloc = allocate(values, new_job_id(), os.getcwd(), default_job_name(command))

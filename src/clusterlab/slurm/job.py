@@ -45,7 +45,9 @@ from . import hosts
 from .layout import Distribution, TaskLayout, compress_counts, count_tasks, step_layout
 from .options import MAX_COUNT, Value
 
-UNAVAILABLE = "Unable to allocate resources: Requested node configuration is not available"
+#: What slurmctld's refusal looks like from srun (allocating) and from sbatch (submitting).
+UNAVAILABLE = {"srun": "Unable to allocate resources: Requested node configuration is not available",
+               "sbatch": "Batch job submission failed: Requested node configuration is not available"}
 
 
 class SlurmError(UsageError):
@@ -168,7 +170,7 @@ def shape(values: dict[str, Value], prog: str, warn: bool = True) -> Shape:
                       file=sys.stderr)
             nnodes = ntasks
             names = names[:ntasks] if names else None
-        if per_node is not None and per_node != ntasks // nnodes:
+        if per_node is not None and per_node != ntasks // nnodes and prog == "srun":  # sbatch leaves it to slurmctld
             if ntasks > per_node and warn:
                 print(f"{prog}: Warning: can't honor --ntasks-per-node set to {per_node} which doesn't match the "
                       f"requested tasks {ntasks} with the number of requested nodes {nnodes}. Ignoring "
@@ -183,16 +185,17 @@ def allocate(values: dict[str, Value], job_id: int, submit_dir: str, default_nam
              prog: str = "srun") -> Allocation:
     """Grant the allocation a request asks for, as slurmctld with cons_tres would, or refuse it (:class:`SlurmError`)."""
     s = shape(values, prog)
+    unavailable = UNAVAILABLE[prog]
     cpt = _positive(values, "cpus_per_task") or 1
     gpn = gpu_count(values, "gpus_per_node") or gpu_count(values, "gres")
     gpt = gpu_count(values, "gpus_per_task")
     exclusive = bool(_v(values, "exclusive"))
     dist = Distribution.parse(str(_v(values, "distribution", "*")), os.environ.get("SLURM_DIST_PLANESIZE"))
     if cpt > hosts.CPUS_PER_NODE:
-        raise SlurmError(f"CPU count per node can not be satisfied; {UNAVAILABLE} (-c {cpt} > the "
+        raise SlurmError(f"CPU count per node can not be satisfied; {unavailable} (-c {cpt} > the "
                          f"{hosts.CPUS_PER_NODE} CPUs of a node; ask for fewer CPUs per task)")
     if (gpn or 0) > hosts.GPUS_PER_NODE or (gpt or 0) > hosts.GPUS_PER_NODE:
-        raise SlurmError(f"{UNAVAILABLE} (a node has {hosts.GPUS_PER_NODE} GPUs; ask for "
+        raise SlurmError(f"{unavailable} (a node has {hosts.GPUS_PER_NODE} GPUs; ask for "
                          f"--gpus-per-node={hosts.GPUS_PER_NODE} or fewer)")
     # each node's room, in tasks: its CPUs / -c (and its GPUs / --gpus-per-task)
     room = hosts.CPUS_PER_NODE // cpt
@@ -205,7 +208,7 @@ def allocate(values: dict[str, Value], job_id: int, submit_dir: str, default_nam
     names = list(s.names or hosts.simulated_names(nnodes))
     if s.per_node is not None:
         if s.per_node > room or ntasks > nnodes * s.per_node:
-            raise SlurmError(f"{UNAVAILABLE} ({ntasks} tasks, {s.per_node} per node on {nnodes} nodes of "
+            raise SlurmError(f"{unavailable} ({ntasks} tasks, {s.per_node} per node on {nnodes} nodes of "
                              f"{hosts.CPUS_PER_NODE} CPUs; ask for --nodes={math.ceil(ntasks / s.per_node)})")
         counts = [s.per_node] * nnodes
     elif exclusive:  # whole nodes: the tasks are spread as the step layout spreads them
@@ -217,7 +220,7 @@ def allocate(values: dict[str, Value], job_id: int, submit_dir: str, default_nam
             counts.append(max(take, 0))
             left -= counts[-1]
     if sum(counts) < ntasks or min(counts) < 1:
-        raise SlurmError(f"{UNAVAILABLE} ({ntasks} tasks x {cpt} CPUs do not fit on {nnodes} nodes of "
+        raise SlurmError(f"{unavailable} ({ntasks} tasks x {cpt} CPUs do not fit on {nnodes} nodes of "
                          f"{hosts.CPUS_PER_NODE} CPUs; ask for more --nodes)")
     cpus = [hosts.CPUS_PER_NODE if exclusive else c * cpt for c in counts]
     asked = gpn is not None or gpt is not None

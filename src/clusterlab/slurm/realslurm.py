@@ -99,6 +99,7 @@ def slurm_conf(root: str, ctld_port: int, node_ports: dict[str, int], munge_sock
         "SchedulerType=sched/builtin", "ReturnToService=2", "SlurmdParameters=config_overrides",
         "GresTypes=gpu", "KillWait=5", "MinJobAge=2", "SlurmctldTimeout=30", "SlurmdTimeout=30",
         "MessageTimeout=10", "InactiveLimit=0",
+        "FirstJobId=700001",  # job ids that cannot be mistaken for task ids when outputs are compared
     ]
     for name, port in node_ports.items():
         lines.append(f"NodeName={name} NodeHostname={name} NodeAddr=127.0.0.1 Port={port} CPUs={CPUS_PER_NODE} "
