@@ -95,18 +95,23 @@ def run(side: str, request: Request, workdir: Path, slurm_conf: str | None = Non
     if side == "real":
         env["SLURM_CONF"] = slurm_conf or ""
         if argv[0] == "sbatch":
-            argv.insert(1, "--wait")
+            argv.insert(1, "--parsable")
     else:
         argv = [sys.executable, "-m", "clusterlab", *argv]
     proc = subprocess.run(argv, env=env, cwd=request.cwd or workdir, capture_output=True, text=True, timeout=request.timeout)
     outcome = Outcome(proc.returncode, proc.stdout.splitlines(), proc.stderr.splitlines())
+    if side == "real" and argv[0] == "sbatch" and proc.returncode == 0:
+        # `sbatch --wait` polls every 2 s or more; watching the job ourselves takes ~0.1 s
+        job = proc.stdout.strip()
+        outcome.code = _wait_job(job, env, request.timeout)
+        outcome.stdout = [f"Submitted batch job {job}"]
     for path in sorted(out.iterdir()):
         if path.name.endswith(".out"):  # a batch job's output file: part of stdout
             outcome.stdout += [f"{path.name}: {line}" for line in path.read_text().splitlines()]
         elif path.name != "job.sbatch":
             outcome.envs[path.name] = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
     ids = {e.get("SLURM_JOB_ID") for e in outcome.envs.values()} - {None}
-    m = re.search(r"Submitted batch job (\d+)", proc.stdout) or re.search(r"StepId=(\d+)\.", proc.stderr)
+    m = re.search(r"Submitted batch job (\d+)", "\n".join(outcome.stdout)) or re.search(r"StepId=(\d+)\.", proc.stderr)
     outcome.job_id = m.group(1) if m else (ids.pop() if len(ids) == 1 else None)
     outcome.stdout = [x for x in outcome.stdout if not TIMING.search(x)]
     outcome.stderr = [x for x in outcome.stderr if not TIMING.search(x)]
@@ -130,6 +135,19 @@ def _split_exits(lines: list[str]) -> list[str]:
             lo, _, hi = part.partition("-")
             out += [f"{m.group('pre')}task {t}: {m.group('what')}" for t in range(int(lo), int(hi or lo) + 1)]
     return out
+
+
+def _wait_job(job: str, env: dict[str, str], timeout: float) -> int:
+    """Wait for a real batch job to end; its exit status, as ``sbatch --wait`` would return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = subprocess.run(["scontrol", "-o", "show", "job", job], env=env, capture_output=True, text=True, timeout=10)
+        state = re.search(r"JobState=(\w+)", r.stdout)
+        if state and state.group(1) not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+            code, sig = re.search(r"ExitCode=(\d+):(\d+)", r.stdout).groups()
+            return 128 + int(sig) if int(sig) else int(code)
+        time.sleep(0.05)
+    raise AssertionError(f"real batch job {job} did not end within {timeout:g}s")
 
 
 def _normal_line(line: str, job_id: str | None) -> str:

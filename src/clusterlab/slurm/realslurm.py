@@ -116,7 +116,11 @@ class Cluster:
     root: str
     conf: str
     nodes: tuple[str, ...] = NODES
-    pids: dict[str, int] = field(default_factory=dict)  # daemon name -> pid, in start order
+    daemons: dict[str, subprocess.Popen] = field(default_factory=dict)  # name -> process, in start order
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.daemons.items()}
 
     @property
     def env(self) -> dict[str, str]:
@@ -144,13 +148,14 @@ class Cluster:
         they are stopped with their step (scancel) before the daemons, and any still alive
         after that are killed by pid too (found by their parent: init or this process).
         """
-        if "slurmctld" in self.pids:
-            self.run("scancel", "--full", "--user", "root", timeout=10) if _alive(self.pids["slurmctld"]) else None
-        for name in reversed(list(self.pids)):
-            _stop_pid(self.pids[name])
+        ctld = self.daemons.get("slurmctld")
+        if ctld is not None and ctld.poll() is None:
+            self.run("scancel", "--full", "--user", "root", timeout=10)
+        for name in reversed(list(self.daemons)):
+            _stop(self.daemons[name])
         for pid in _stepds(self.root):
             _stop_pid(pid)
-        self.pids.clear()
+        self.daemons.clear()
 
     def __enter__(self) -> "Cluster":
         return self
@@ -159,12 +164,15 @@ class Cluster:
         self.stop()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM a daemon we started, wait up to ``grace`` seconds, SIGKILL it; reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _stop_pid(pid: int, grace: float = 5.0) -> None:
@@ -278,10 +286,10 @@ def start(root: str, nodes: tuple[str, ...] = NODES) -> Cluster:
         munged = _spawn([_which("munged"), "-F", "-f", f"--key-file={key}", f"--socket={sock}",
                          f"--pid-file={root}/munge/munged.pid", f"--seed-file={root}/munge/munged.seed",
                          f"--log-file={log}/munged.log"], env, f"{log}/munged.out")
-        cluster.pids["munged"] = munged.pid
+        cluster.daemons["munged"] = munged
         _wait("munged's socket", lambda: os.path.exists(sock), 10, cluster, ("munged",))
         ctld = _spawn([_which("slurmctld"), "-D", "-i", "-f", conf], env, f"{log}/slurmctld.out")
-        cluster.pids["slurmctld"] = ctld.pid
+        cluster.daemons["slurmctld"] = ctld
         for name in nodes:
             # A UTS namespace (hostname = node name) and a private mount namespace (our hosts file
             # over /etc/hosts); unshare execs the shell, which execs slurmd: one pid all along.
@@ -289,7 +297,7 @@ def start(root: str, nodes: tuple[str, ...] = NODES) -> Cluster:
                       f'exec "$1" -D -N {name} -f "$2"')
             proc = _spawn([_which("unshare"), "--uts", "--mount", "--propagation", "private", "/bin/sh", "-c",
                            script, hosts, _which("slurmd"), conf], env, f"{log}/slurmd-{name}.out")
-            cluster.pids[f"slurmd-{name}"] = proc.pid
+            cluster.daemons[f"slurmd-{name}"] = proc
         _wait("every node idle", lambda: _all_idle(cluster), START_TIMEOUT, cluster,
               ("slurmctld", *(f"slurmd-{n}" for n in nodes)))
     except BaseException:
