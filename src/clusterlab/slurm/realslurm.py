@@ -39,12 +39,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from . import config, hosts
+
 #: The packages' daemons and clients this module needs, by the package that ships them.
 BINARIES = {"slurmctld": "slurm-wlm", "slurmd": "slurm-wlm", "scontrol": "slurm-wlm", "srun": "slurm-wlm",
             "sbatch": "slurm-wlm", "munged": "munge", "unshare": "util-linux"}
 NODES = ("node001", "node002", "node003", "node004")
-CPUS_PER_NODE, GPUS_PER_NODE = 64, 8
-PARTITION, CLUSTER = "debug", "clusterlab"
+GPUS_PER_NODE = hosts.GPUS_PER_NODE
 #: How long the cluster may take to come up (all nodes idle) before start() gives up.
 START_TIMEOUT = 30.0
 
@@ -80,32 +81,27 @@ def free_ports(count: int) -> list[int]:
 
 
 def slurm_conf(root: str, ctld_port: int, node_ports: dict[str, int], munge_socket: str) -> str:
-    """The cluster's slurm.conf (slurm.conf(5)): every path under ``root``."""
+    """The cluster's slurm.conf (slurm.conf(5)): the simulation's plugins and node shape
+    (:mod:`clusterlab.slurm.config`), with every path under ``root`` and free ports."""
     host = socket.gethostname().split(".")[0]
     lines = [
-        f"ClusterName={CLUSTER}",
-        f"SlurmctldHost={host}(127.0.0.1)",
-        f"SlurmctldPort={ctld_port}",
+        *config.plugin_lines(),
+        f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={ctld_port}",
         "SlurmUser=root", "SlurmdUser=root",
         "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={munge_socket}",
         f"StateSaveLocation={root}/state", f"SlurmdSpoolDir={root}/spool/%n",
         f"SlurmctldPidFile={root}/slurmctld.pid", f"SlurmdPidFile={root}/slurmd-%n.pid",
         f"SlurmctldLogFile={root}/log/slurmctld.log", f"SlurmdLogFile={root}/log/slurmd-%n.log",
         f"PlugStackConfig={root}/plugstack.conf",
-        "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
-        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-        "SwitchType=switch/none", "MpiDefault=none", "JobAcctGatherType=jobacct_gather/none",
-        "AccountingStorageType=accounting_storage/none", "JobCompType=jobcomp/none",
-        "SchedulerType=sched/builtin", "ReturnToService=2", "SlurmdParameters=config_overrides",
-        "GresTypes=gpu", "KillWait=5", "MinJobAge=2", "SlurmctldTimeout=30", "SlurmdTimeout=30",
-        "MessageTimeout=10", "InactiveLimit=0",
+        "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
+        "JobCompType=jobcomp/none", "SchedulerType=sched/builtin", "ReturnToService=2",
+        "SlurmdParameters=config_overrides",  # a 2-core machine may claim 64 CPUs per node
+        "MinJobAge=2", "SlurmctldTimeout=30", "SlurmdTimeout=30", "MessageTimeout=10", "InactiveLimit=0",
         "FirstJobId=700001",  # job ids that cannot be mistaken for task ids when outputs are compared
     ]
     for name, port in node_ports.items():
-        lines.append(f"NodeName={name} NodeHostname={name} NodeAddr=127.0.0.1 Port={port} CPUs={CPUS_PER_NODE} "
-                     f"Sockets=2 CoresPerSocket={CPUS_PER_NODE // 2} ThreadsPerCore=1 RealMemory=1000 "
-                     f"Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN")
-    lines.append(f"PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
+        lines.append(config.node_line(name, f"NodeHostname={name} NodeAddr=127.0.0.1 Port={port} "))
+    lines.append(f"PartitionName={config.PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
     return "\n".join(lines) + "\n"
 
 
