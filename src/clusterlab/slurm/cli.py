@@ -139,6 +139,14 @@ def _cmd_srun(args) -> int:
             shutil.rmtree(own_dir, ignore_errors=True)
 
 
+def _print(text: str) -> None:
+    """Print a report; a reader that stops early (``| head``) ends it quietly, as it would for scontrol."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _flag(values, key) -> bool:
     if key not in values:
         return False
@@ -172,12 +180,12 @@ def _cmd_sbatch(args) -> int:
         from .lint import lint, render
 
         findings = lint(script, values, alloc)
-        print(render(findings, script.path))
+        _print(render(findings, script.path))
         return 1 if findings else 0
     if mode == "explain":
         from .explain import explain
 
-        print(explain(script, values, alloc))
+        _print(explain(script, values, alloc))
         return 0
     sys.stdout.flush()
     return run_batch(script, alloc, values, rest[1:])

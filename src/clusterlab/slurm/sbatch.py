@@ -174,6 +174,9 @@ def start_watchdog(job_dir: str) -> tuple[int, int]:
         try:
             os.close(write_end)
             os.setsid()
+            quiet = os.open(os.devnull, os.O_RDWR)  # hold no pipe of our caller's open
+            for fd in (0, 1, 2):
+                os.dup2(quiet, fd)
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
                 signal.signal(sig, signal.SIG_IGN)
             while os.read(read_end, 64):
