@@ -116,7 +116,7 @@ def _cmd_srun(args) -> int:
         step = plan_step(alloc, values, 0, standalone=job_dir is None)
         if job_dir:
             step = dataclasses.replace(step, step_id=next_step_id(job_dir))
-        runtime = Runtime(conf, port.getsockname()[1], port.getsockname()[1])
+        runtime = Runtime(conf, _controller_port(job_dir) or port.getsockname()[1], port.getsockname()[1])
         envs = [{**base, **task_env(step, t, runtime)} for t in range(step.layout.ntasks)]
         find_command(command, base, cwd)  # no command at all is a usage error; a missing one fails per task
         for env in envs:
@@ -137,6 +137,12 @@ def _cmd_srun(args) -> int:
         port.close()
         if own_dir:
             shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _controller_port(job_dir: str | None) -> int | None:
+    """Inside a job, the port of its (simulated) controller, from the batch shell's SLURM_WORKING_CLUSTER."""
+    parts = os.environ.get("SLURM_WORKING_CLUSTER", "").split(":")
+    return int(parts[2]) if job_dir and len(parts) == 5 and parts[2].isdigit() else None
 
 
 def _print(text: str) -> None:
