@@ -208,3 +208,10 @@ def test_sigkilled_sbatch_leaves_nothing_running(tmp_path):
     proc.wait()
     gone, alive = psutil.wait_procs(job, timeout=15)
     assert not alive, f"left running after sbatch was SIGKILLed: {[(p.pid, p.cmdline()) for p in alive]}"
+
+
+def test_sbatch_reads_a_script_from_a_pipe():
+    """`sbatch /dev/stdin <<EOF` is a common idiom; copying the pipe to slurm_script raised a traceback."""
+    r = subprocess.run([sys.executable, "-m", "clusterlab", "sbatch", "/dev/stdin"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, input="#!/bin/bash\n#SBATCH -N2\necho nodes $SLURM_JOB_NODELIST\n")
+    assert r.returncode == 0 and "nodes node[001-002]" in r.stdout, r.stderr

@@ -204,7 +204,8 @@ def run_batch(script: Script, alloc: Allocation, values: dict, script_args: list
     controller = open_port()  # the simulated controller's port, as in SLURM_WORKING_CLUSTER
     try:
         copy = os.path.join(job_dir, "slurm_script")
-        shutil.copyfile(script.path, copy)
+        with open(copy, "w", encoding="utf-8") as f:  # the text already read: the script may be a pipe (/dev/stdin)
+            f.write("\n".join(script.lines) + "\n")
         os.chmod(copy, 0o700)
         env = slurm_free(os.environ)
         env.update(batch_env(alloc, Runtime(os.path.join(job_dir, "slurm.conf"), controller.getsockname()[1])))
