@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DUMP = str(Path(__file__).with_name("dumpenv.sh"))
+SETTLE = str(Path(__file__).with_name("settle.sh"))
 
 #: Variables whose values differ by nature between two runs of the same request (the one list).
 NORMALISED = {
@@ -80,7 +81,8 @@ def run(side: str, request: Request, workdir: Path, slurm_conf: str | None = Non
     """Run ``request`` on ``side`` ("real" or "lab"); its files go to ``workdir/side/name``."""
     out = workdir / side / request.name
     out.mkdir(parents=True, exist_ok=True)
-    fill = {"dump": DUMP, "out": str(out)}
+    # {settle}, between the steps of a batch script: on the real side, wait for the last step to be gone
+    fill = {"dump": DUMP, "out": str(out), "settle": SETTLE if side == "real" else ":"}
     argv = [a.format(**fill) for a in request.argv]
     if request.script is not None:
         script = out / "job.sbatch"

@@ -24,7 +24,8 @@ def _sh(name: str, options: str, script: str, **kw) -> Request:
 
 def _batch(name: str, directives: str, body: str, **kw) -> Request:
     lines = ["#!/bin/bash"] + [f"#SBATCH {d}" for d in directives.split(";")] + [
-        "#SBATCH --output={out}/batch.out", "CONFORMANCE_NAME=batch {dump} >/dev/null", body]
+        "#SBATCH --output={out}/batch.out", "CONFORMANCE_NAME=batch {dump} >/dev/null",
+        body.replace("\nsrun ", "\n{settle}\nsrun ")]
     return Request(name, ("sbatch",), script="\n".join(lines) + "\n", **kw)
 
 
