@@ -1,7 +1,9 @@
 """A task's environment field by field, the batch environment, and #SBATCH parsing.
 
-Expected values are written out from srun(1)/sbatch(1) (OUTPUT ENVIRONMENT VARIABLES) for
-`srun -N4 -n10 -c2 --gpus-per-node=2` (block: node001 0-2, node002 3-5, node003 6-7, node004 8-9).
+Expected values are written out from srun(1)/sbatch(1) (OUTPUT ENVIRONMENT VARIABLES) and what
+a real Slurm 22.05 gave for the same request (tests/conformance), for a step `srun -N4 -n10 -c2`
+in a job of `--exclusive -N4 -n10 -c2 --gpus-per-node=2` (block: node001 0-2, node002 3-5,
+node003 6-7, node004 8-9).
 """
 
 import pytest
@@ -20,7 +22,8 @@ def request(*argv):
 
 
 def test_task_environment_field_by_field():
-    alloc = allocate(request("-N4", "-n10", "-c", "2", "--gpus-per-node=2", "-J", "train"), 4242, "/sub", "x")
+    alloc = allocate(request("-N4", "-n10", "-c", "2", "--gpus-per-node=2", "-J", "train", "--exclusive"), 4242,
+                     "/sub", "x")
     step = plan_step(alloc, request("-N4", "-n10", "-c", "2"), 3)
     env = task_env(step, 7)
     expected = {
@@ -29,16 +32,29 @@ def test_task_environment_field_by_field():
         "SLURM_STEP_NODELIST": "node[001-004]", "SLURM_JOB_NUM_NODES": "4", "SLURM_NNODES": "4",
         "SLURM_STEP_NUM_NODES": "4", "SLURM_NTASKS": "10", "SLURM_NPROCS": "10", "SLURM_STEP_NUM_TASKS": "10",
         "SLURM_TASKS_PER_NODE": "3(x2),2(x2)", "SLURM_STEP_TASKS_PER_NODE": "3(x2),2(x2)",
-        "SLURM_JOB_CPUS_PER_NODE": "6(x2),4(x2)",
+        "SLURM_JOB_CPUS_PER_NODE": "64(x4)", "SLURM_JOB_CPUS_PER_NODE_PACK_GROUP_0": "64(x4)",
         "SLURM_STEP_ID": "3", "SLURM_STEPID": "3",
         "SLURM_PROCID": "7", "SLURM_LOCALID": "1", "SLURM_NODEID": "2", "SLURMD_NODENAME": "node003",
         "SLURM_GTIDS": "6,7", "SLURM_CPUS_PER_TASK": "2", "SLURM_CPUS_ON_NODE": "4",
-        "SLURM_GPUS_ON_NODE": "2", "CUDA_VISIBLE_DEVICES": "0,1", "SLURM_GPUS_PER_NODE": "2",
+        "SLURM_GPUS_ON_NODE": "8", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7", "SLURM_STEP_GPUS": "0,1,2,3,4,5,6,7",
+        "SLURM_TOPOLOGY_ADDR": "node003", "SLURM_JOB_PARTITION": "debug", "SLURM_NODE_ALIASES": None,
         "SLURM_DISTRIBUTION": "block", "SLURM_SUBMIT_DIR": "/sub", "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1",
         "CLUSTERLAB_SIMULATED_HOSTS": "1", "CLUSTERLAB_SIMULATED_NODES": "node[001-004]",
     }
     for key, value in expected.items():
         assert env.get(key) == value, key
+
+
+def test_shared_nodes_pack_the_first_node():
+    """Real Slurm 22.05 (cons_tres, shared nodes) gives `-N2 -n4` 3 tasks on node001, 1 on node002."""
+    alloc = allocate(request("-N2", "-n4"), 1, "/", "x")
+    assert (alloc.tasks_per_node, alloc.cpus_per_node) == ((3, 1), (3, 1))
+    step = plan_step(alloc, request("-N2", "-n4"), 0, standalone=True)
+    assert step.layout.task_ids == ((0, 1, 2), (3,))
+    assert "SLURM_DISTRIBUTION" not in task_env(step, 0)  # srun sets it only when -m is given
+    for fix in (("--ntasks-per-node=2",), ("--exclusive",)):
+        alloc = allocate(request("-N2", "-n4", *fix), 1, "/", "x")
+        assert alloc.tasks_per_node == (2, 2), fix
 
 
 def test_cpus_per_task_only_when_given():
@@ -49,9 +65,11 @@ def test_cpus_per_task_only_when_given():
 
 
 def test_gpus_per_task_binds_each_task_to_its_own_gpu():
-    alloc = allocate(request("-N1", "-n4", "--gpus-per-task=1"), 1, "/", "x")
-    step = plan_step(alloc, request("-n4", "--gpus-per-task=1"), 0)
-    assert [task_env(step, t)["CUDA_VISIBLE_DEVICES"] for t in range(4)] == ["0", "1", "2", "3"]
+    """Real 22.05, `srun -N2 -n4 --gpus-per-task=1`: tasks 0-2 on node001 see GPU 0, 1, 2; task 3 its node's 0."""
+    alloc = allocate(request("-N2", "-n4", "--gpus-per-task=1"), 1, "/", "x")
+    step = plan_step(alloc, request("-N2", "-n4", "--gpus-per-task=1"), 0, standalone=True)
+    assert [task_env(step, t)["CUDA_VISIBLE_DEVICES"] for t in range(4)] == ["0", "1", "2", "0"]
+    assert task_env(step, 0)["SLURM_GPUS_ON_NODE"] == "3"
 
 
 def test_batch_environment_is_task_zero_on_the_first_node():
@@ -61,6 +79,7 @@ def test_batch_environment_is_task_zero_on_the_first_node():
     assert env["SLURMD_NODENAME"] == "node001"
     assert env["SLURM_TASKS_PER_NODE"] == "4(x2)" and env["SLURM_NTASKS"] == "8"
     assert "SLURM_STEP_ID" not in env
+    assert env["SLURM_JOB_GPUS"] == env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
 
 
 def test_ntasks_not_exported_when_only_nodes_given():

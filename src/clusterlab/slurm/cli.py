@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 
 from ..errors import UsageError
 from . import hosts, options
-from .environ import JOB_DIR_ENV, slurm_free, task_env
-from .job import Allocation, allocate, default_job_name, plan_step
-from .sbatch import merge, new_job_id, next_step_id, read_script, run_batch
-from .srun import find_command, run_step
+from .environ import JOB_DIR_ENV, Runtime, slurm_free, task_env
+from .job import Allocation, SlurmError, allocate, default_job_name, plan_step
+from .sbatch import make_job_dir, merge, new_job_id, next_step_id, read_script, run_batch
+from .srun import find_command, open_port, run_step
 
 SRUN_USAGE = """usage: clusterlab srun [OPTIONS] COMMAND [ARGS...]
 
@@ -76,6 +77,10 @@ def _cmd_scontrol(args) -> int:
     return 0
 
 
+_STEP_GPU_VARS = ("CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES", "SLURM_GPUS_ON_NODE",
+                  "SLURM_STEP_GPUS", "SLURMD_TRES_BIND")
+
+
 def _inside_job() -> str | None:
     job_dir = os.environ.get(JOB_DIR_ENV)
     if job_dir and os.environ.get("SLURM_JOB_ID") and os.path.isfile(os.path.join(job_dir, "allocation.json")):
@@ -90,32 +95,62 @@ def _cmd_srun(args) -> int:
         return 0
     values, command = options.parse(argv, "srun")
     job_dir = _inside_job()
-    if job_dir:  # a step of the running job: inherit the job's SLURM_* as input options
-        alloc = Allocation.load(os.path.join(job_dir, "allocation.json"))
-        values = {**options.from_env(os.environ, options.SRUN_ENV), **values}
-        base = dict(os.environ)
-    else:  # srun outside a job creates the allocation itself (job name: the command's)
-        alloc = allocate(values, new_job_id(), os.getcwd(), default_job_name(command))
-        base = slurm_free(os.environ)
-    cwd = str(values["chdir"].value) if "chdir" in values else None
-    if cwd is not None and not os.path.isdir(cwd):
-        raise UsageError(f"srun: --chdir={cwd!r} is not a directory")
-    step = plan_step(alloc, values, 0)
-    find_command(command, base, cwd)  # nothing is launched, and no step id taken, for a missing command
-    if job_dir:
-        step = dataclasses.replace(step, step_id=next_step_id(job_dir))
-    envs = [{**base, **task_env(step, t)} for t in range(step.layout.ntasks)]
-    for env in envs:
-        if "label" in values:
-            env["SLURM_LABELIO"] = "1"
-    return run_step(
-        step, command, envs,
-        label=_flag(values, "label"),
-        kill_on_bad_exit=_flag(values, "kill_on_bad_exit"),
-        wait=int(values["wait"].value) if "wait" in values else 0,
-        cwd=cwd,
-        out_fd=sys.stdout.fileno(), err_fd=sys.stderr.fileno(),
-    )
+    port = open_port()  # srun's own port (SLURM_SRUN_COMM_PORT); a standalone srun is also the controller
+    own_dir = None
+    try:
+        if job_dir:  # a step of the running job: inherit the job's SLURM_* as input options
+            alloc = Allocation.load(os.path.join(job_dir, "allocation.json"))
+            values = {**options.from_env(os.environ, options.SRUN_ENV), **values}
+            # the step's GPUs replace the batch shell's (a step without GPUs sees none, as under slurmstepd)
+            base = {k: v for k, v in os.environ.items() if k not in _STEP_GPU_VARS}
+            conf = os.environ.get("SLURM_CONF") or os.path.join(job_dir, "slurm.conf")
+        else:  # srun outside a job creates the allocation itself (job name: the command's)
+            alloc = allocate(values, new_job_id(), os.getcwd(), default_job_name(command))
+            base = slurm_free(os.environ)
+            own_dir = make_job_dir(alloc, shims=False)
+            base[JOB_DIR_ENV] = own_dir  # an srun inside a task is a step of this job, as in Slurm
+            conf = os.path.join(own_dir, "slurm.conf")
+        cwd = str(values["chdir"].value) if "chdir" in values else None
+        if cwd is not None and not os.path.isdir(cwd):
+            raise UsageError(f"srun: --chdir={cwd!r} is not a directory")
+        step = plan_step(alloc, values, 0, standalone=job_dir is None)
+        if job_dir:
+            step = dataclasses.replace(step, step_id=next_step_id(job_dir))
+        runtime = Runtime(conf, _controller_port(job_dir) or port.getsockname()[1], port.getsockname()[1])
+        envs = [{**base, **task_env(step, t, runtime)} for t in range(step.layout.ntasks)]
+        find_command(command, base, cwd)  # no command at all is a usage error; a missing one fails per task
+        for env in envs:
+            if "label" in values:
+                env["SLURM_LABELIO"] = "1"
+        return run_step(
+            step, command, envs,
+            label=_flag(values, "label"),
+            kill_on_bad_exit=_flag(values, "kill_on_bad_exit"),
+            wait=int(values["wait"].value) if "wait" in values else 0,
+            cwd=cwd,
+            out_fd=sys.stdout.fileno(), err_fd=sys.stderr.fileno(),
+        )
+    except SlurmError as exc:  # refused by "slurmctld": srun's own words and exit status
+        print(f"srun: error: {exc}", file=sys.stderr)
+        return exc.status
+    finally:
+        port.close()
+        if own_dir:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _controller_port(job_dir: str | None) -> int | None:
+    """Inside a job, the port of its (simulated) controller, from the batch shell's SLURM_WORKING_CLUSTER."""
+    parts = os.environ.get("SLURM_WORKING_CLUSTER", "").split(":")
+    return int(parts[2]) if job_dir and len(parts) == 5 and parts[2].isdigit() else None
+
+
+def _print(text: str) -> None:
+    """Print a report; a reader that stops early (``| head``) ends it quietly, as it would for scontrol."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _flag(values, key) -> bool:
@@ -141,17 +176,22 @@ def _cmd_sbatch(args) -> int:
         raise UsageError("sbatch: no batch script given; write e.g. `clusterlab sbatch job.sbatch`")
     script = read_script(rest[0])
     values = merge(script, os.environ, cli_values)
-    alloc = allocate(values, new_job_id(), os.path.abspath(os.getcwd()), os.path.basename(script.path))
+    try:
+        alloc = allocate(values, new_job_id(), os.path.abspath(os.getcwd()), os.path.basename(script.path),
+                         prog="sbatch")
+    except SlurmError as exc:
+        print(f"sbatch: error: {exc}", file=sys.stderr)
+        return exc.status
     if mode == "lint":
         from .lint import lint, render
 
         findings = lint(script, values, alloc)
-        print(render(findings, script.path))
+        _print(render(findings, script.path))
         return 1 if findings else 0
     if mode == "explain":
         from .explain import explain
 
-        print(explain(script, values, alloc))
+        _print(explain(script, values, alloc))
         return 0
     sys.stdout.flush()
     return run_batch(script, alloc, values, rest[1:])

@@ -16,7 +16,10 @@ from .lint import lint, plan_srun, render, srun_calls
 #: Variables that tell tasks apart (shown per task); the rest are the same for every task of a step.
 PER_TASK = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURMD_NODENAME", "SLURM_GTIDS",
             "SLURM_CPUS_ON_NODE", "SLURM_GPUS_ON_NODE", "CUDA_VISIBLE_DEVICES")
-_HIDDEN = ("CLUSTERLAB_", "SLURM_SUBMIT_", "SLURM_CLUSTER_NAME", "SLURM_SRUN_COMM_HOST", "SLURM_JOBID", "SLURM_STEPID")
+_HIDDEN = ("CLUSTERLAB_", "SLURM_SUBMIT_", "SLURM_CLUSTER_NAME", "SLURM_SRUN_COMM_HOST", "SLURM_JOBID", "SLURM_STEPID",
+           "SLURM_JOB_UID", "SLURM_JOB_GID", "SLURM_JOB_USER", "SLURM_UMASK", "SLURM_PRIO_PROCESS",
+           "SLURM_TOPOLOGY_ADDR", "SLURM_JOB_PARTITION", "SLURM_NODE_ALIASES", "SLURM_JOB_CPUS_PER_NODE_PACK",
+           "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -17,6 +17,7 @@ an address a socket can use (127.0.0.1).
 from __future__ import annotations
 
 import os
+import re
 import socket
 
 import hostlist
@@ -53,22 +54,44 @@ def expand(expression: str) -> list[str]:
 
 
 def compress(names: list[str]) -> str:
-    """The inverse of :func:`expand`: ``["node001", "node002"]`` -> ``"node[001-002]"``.
+    """The inverse of :func:`expand`, as Slurm writes it: ``["node001", "node002"]`` -> ``"node[001-002]"``.
 
-    Order is kept: the first name of ``SLURM_JOB_NODELIST`` is the one every task
-    agrees is node 0, so ``["b1", "a1"]`` stays ``"b1,a1"``.
+    Order is kept, as ``scontrol show hostlist`` keeps it (Slurm's
+    ``hostlist_ranged_string`` on an unsorted list): neighbouring names with the
+    same prefix and digit width share one bracket, and only ascending runs become
+    ranges, so ``node003,node001,node002`` is ``node[003,001-002]``. The first name
+    stays first: every task agrees it is node 0.
     """
-    names = list(names)
-    parts: list[str] = []
-    start = 0
-    while start < len(names):  # grow each run while python-hostlist's (sorting) form keeps our order
-        end = start + 1
-        while end < len(names) and hostlist.expand_hostlist(
-                hostlist.collect_hostlist(names[start:end + 1])) == names[start:end + 1]:
-            end += 1
-        parts.append(hostlist.collect_hostlist(names[start:end]))
-        start = end
-    return ",".join(parts)
+    groups: list[tuple[str, int, list[int]]] = []  # (prefix, width, numbers), or (name, -1, []) for a plain name
+    for name in names:
+        m = _NUMBERED.match(name)
+        if not m:
+            groups.append((name, -1, []))
+            continue
+        prefix, digits = m.group(1), m.group(2)
+        if groups and groups[-1][:2] == (prefix, len(digits)):
+            groups[-1][2].append(int(digits))
+        else:
+            groups.append((prefix, len(digits), [int(digits)]))
+    return ",".join(_bracket(prefix, width, numbers) for prefix, width, numbers in groups)
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+def _bracket(prefix: str, width: int, numbers: list[int]) -> str:
+    if width < 0:
+        return prefix
+    if len(numbers) == 1:
+        return f"{prefix}{numbers[0]:0{width}d}"
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    parts = [f"{r[0]:0{width}d}" + (f"-{r[-1]:0{width}d}" if len(r) > 1 else "") for r in runs]
+    return f"{prefix}[{','.join(parts)}]"
 
 
 def simulated_names(count: int, first: int = 1) -> list[str]:

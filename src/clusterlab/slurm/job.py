@@ -1,17 +1,33 @@
 """The simulated controller: turn a request (``-N``, ``-n``, ``-c`` ...) into a job allocation, then into steps.
 
-A real Slurm job has two levels, and so does this one:
+A real Slurm job has two levels, and so does this one. The rules below are Slurm
+22.05's with ``select/cons_tres`` and ``CR_Core`` (:mod:`clusterlab.slurm.config`),
+checked value by value against a real cluster by ``tests/conformance``.
 
-* the **allocation** (what ``sbatch`` or a standalone ``srun`` asks slurmctld
-  for): nodes, and on each node a number of tasks, CPUs and GPUs. On a shared
-  cluster (select/cons_tres) a node gives the job exactly the CPUs its tasks
-  need: ``tasks x --cpus-per-task``. Simulated nodes have
-  :data:`~clusterlab.slurm.hosts.CPUS_PER_NODE` CPUs and
-  :data:`~clusterlab.slurm.hosts.GPUS_PER_NODE` GPUs.
-* a **step** (each ``srun`` inside the allocation, numbered 0, 1, 2 ...): a
-  layout of tasks on some or all of the allocated nodes, within the allocated
-  CPUs. Asking for more CPUs than the allocation holds is an error, as in Slurm
-  ("More processors requested than permitted").
+**The options first** (srun's ``_opt_verify``, ``src/srun/libsrun/opt.c``): with
+``-N`` and no ``-n`` there is one task per node (``--ntasks-per-node`` of them);
+with ``-n`` smaller than ``-N``, srun warns and lowers ``-N``; a
+``--ntasks-per-node`` that disagrees with ``n / N`` is dropped, with a warning when
+``n`` is larger.
+
+**The allocation** (what ``sbatch`` or a standalone ``srun`` gets from slurmctld):
+
+* *Shared nodes* (the default): cons_tres takes the job's CPUs from the first
+  node first, leaving one task's worth for each other node it must use. So
+  ``-N2 -n4`` is ``3,1`` and ``-N4 -n10`` is ``7,1(x3)``: the job gets exactly
+  the CPUs its tasks need (``tasks x -c``), but not evenly spread.
+* *Whole nodes* (``--exclusive``): every node's 64 CPUs and 8 GPUs are the job's,
+  and the tasks are spread as evenly as Slurm's step layout spreads them
+  (``3(x2),2(x2)``).
+* ``--ntasks-per-node=K``: exactly K tasks on each node.
+
+**A step** (each ``srun``, numbered 0, 1, 2 ...) lays its tasks on the first
+``-N`` nodes of the job within the CPUs the job holds there
+(:func:`~clusterlab.slurm.layout.step_layout`); more tasks than that is Slurm's
+"More processors requested than permitted" (exit status 1). Inside a job srun
+reads ``SLURM_NTASKS``, ``SLURM_JOB_NUM_NODES``, ``SLURM_NTASKS_PER_NODE`` ...
+as defaults, but in 22.05 *not* ``SLURM_CPUS_PER_TASK`` (only
+``SRUN_CPUS_PER_TASK``): a step's ``-c`` is 1 unless srun is given it.
 
 Both levels are frozen values, so ``--explain`` can show a plan without running it.
 """
@@ -29,6 +45,16 @@ from . import hosts
 from .layout import Distribution, TaskLayout, compress_counts, count_tasks, step_layout
 from .options import MAX_COUNT, Value
 
+#: What slurmctld's refusal looks like from srun (allocating) and from sbatch (submitting).
+UNAVAILABLE = {"srun": "Unable to allocate resources: Requested node configuration is not available",
+               "sbatch": "Batch job submission failed: Requested node configuration is not available"}
+
+
+class SlurmError(UsageError):
+    """A request Slurm itself refuses: the command prints ``srun: error: MESSAGE`` and exits with 1, as srun does."""
+
+    status = 1
+
 
 @dataclass(frozen=True)
 class Allocation:
@@ -39,7 +65,7 @@ class Allocation:
     nodes: tuple[str, ...]
     tasks_per_node: tuple[int, ...]
     cpus_per_node: tuple[int, ...]
-    gpus_per_node: tuple[int, ...]
+    gpus_per_node: tuple[int, ...]  # GPUs the job holds on each node (all 8 with --exclusive)
     ntasks: int | None = None  # exported as SLURM_NTASKS only when asked for (-n or --ntasks-per-node)
     ntasks_per_node: int | None = None
     cpus_per_task: int | None = None
@@ -47,6 +73,8 @@ class Allocation:
     gpus_per_node_opt: str | None = None  # as written, for SLURM_GPUS_PER_NODE
     distribution: str | None = None  # as written, for SLURM_DISTRIBUTION
     submit_dir: str = ""
+    exclusive: bool = False
+    gpus_asked: bool = False  # --gpus-per-node, --gpus-per-task or --gres=gpu asked: steps get the GPUs
 
     @property
     def nodelist(self) -> str:
@@ -114,57 +142,97 @@ def gpu_count(values: dict[str, Value], key: str) -> int | None:
     return int(count)
 
 
-def allocate(values: dict[str, Value], job_id: int, submit_dir: str, default_name: str) -> Allocation:
-    """Grant the allocation a request asks for, or explain in one line why it cannot exist."""
+@dataclass(frozen=True)
+class Shape:
+    """``-N``, ``-n`` and ``--ntasks-per-node`` after srun's checks (None: not given)."""
+
+    nnodes: int | None
+    ntasks: int | None
+    per_node: int | None
+    names: tuple[str, ...] | None  # -w/--nodelist
+
+
+def shape(values: dict[str, Value], prog: str, warn: bool = True) -> Shape:
+    """srun's ``_opt_verify`` (sbatch's is the same for these options): defaults and warnings."""
     nnodes = node_count(values)
     ntasks = _positive(values, "ntasks")
     per_node = _positive(values, "ntasks_per_node")
-    cpt = _positive(values, "cpus_per_task")
-    gpn = gpu_count(values, "gpus_per_node") or gpu_count(values, "gres")
-    gpt = gpu_count(values, "gpus_per_task")
-    dist = Distribution.parse(str(_v(values, "distribution", "*")), os.environ.get("SLURM_DIST_PLANESIZE"))
     names = None
     if "nodelist" in values:
-        names = hosts.expand(str(values["nodelist"].value))
-        if len(set(names)) != len(names):
-            raise UsageError(f"{_say(values, 'nodelist')} names a node twice; list each node once")
-        if nnodes is not None and nnodes != len(names):
-            raise UsageError(f"{_say(values, 'nodes')} disagrees with {_say(values, 'nodelist')} "
-                             f"({len(names)} nodes); drop one of them")
-        nnodes = len(names)
-    if nnodes is None:  # Slurm packs tasks onto as few nodes as their CPUs allow
-        want = ntasks or per_node or 1
-        nnodes = math.ceil(want / per_node) if per_node else max(1, math.ceil(want * (cpt or 1) / hosts.CPUS_PER_NODE))
-    if ntasks is not None and ntasks < nnodes:
-        print(f"srun: Warning: can't run {ntasks} processes on {nnodes} nodes, setting nnodes to {ntasks}",
-              file=sys.stderr)
+        names = list(dict.fromkeys(hosts.expand(str(values["nodelist"].value))))
+        nnodes = max(len(names), nnodes or 0)
+    if nnodes is not None and ntasks is None:
+        ntasks = nnodes * (per_node or 1)  # one task per node (or --ntasks-per-node of them)
+    elif nnodes is not None and ntasks is not None:
+        if ntasks < nnodes:
+            if warn:
+                print(f"{prog}: Warning: can't run {ntasks} processes on {nnodes} nodes, setting nnodes to {ntasks}",
+                      file=sys.stderr)
+            nnodes = ntasks
+            names = names[:ntasks] if names else None
+        if per_node is not None and per_node != ntasks // nnodes and prog == "srun":  # sbatch leaves it to slurmctld
+            if ntasks > per_node and warn:
+                print(f"{prog}: Warning: can't honor --ntasks-per-node set to {per_node} which doesn't match the "
+                      f"requested tasks {ntasks} with the number of requested nodes {nnodes}. Ignoring "
+                      f"--ntasks-per-node.", file=sys.stderr)
+            per_node = None
+    if per_node is not None and ntasks is None:
+        ntasks = (nnodes or 1) * per_node
+    return Shape(nnodes, ntasks, per_node, tuple(names) if names else None)
+
+
+def allocate(values: dict[str, Value], job_id: int, submit_dir: str, default_name: str,
+             prog: str = "srun") -> Allocation:
+    """Grant the allocation a request asks for, as slurmctld with cons_tres would, or refuse it (:class:`SlurmError`)."""
+    s = shape(values, prog)
+    unavailable = UNAVAILABLE[prog]
+    cpt = _positive(values, "cpus_per_task") or 1
+    gpn = gpu_count(values, "gpus_per_node") or gpu_count(values, "gres")
+    gpt = gpu_count(values, "gpus_per_task")
+    exclusive = bool(_v(values, "exclusive"))
+    dist = Distribution.parse(str(_v(values, "distribution", "*")), os.environ.get("SLURM_DIST_PLANESIZE"))
+    if cpt > hosts.CPUS_PER_NODE:
+        raise SlurmError(f"CPU count per node can not be satisfied; {unavailable} (-c {cpt} > the "
+                         f"{hosts.CPUS_PER_NODE} CPUs of a node; ask for fewer CPUs per task)")
+    if (gpn or 0) > hosts.GPUS_PER_NODE or (gpt or 0) > hosts.GPUS_PER_NODE:
+        raise SlurmError(f"{unavailable} (a node has {hosts.GPUS_PER_NODE} GPUs; ask for "
+                         f"--gpus-per-node={hosts.GPUS_PER_NODE} or fewer)")
+    # each node's room, in tasks: its CPUs / -c (and its GPUs / --gpus-per-task)
+    room = hosts.CPUS_PER_NODE // cpt
+    if gpt:
+        room = min(room, hosts.GPUS_PER_NODE // gpt)
+    ntasks = s.ntasks or 1
+    nnodes = s.nnodes or (math.ceil(ntasks / s.per_node) if s.per_node else math.ceil(ntasks / room))
+    if nnodes > ntasks and s.nnodes is None:
         nnodes = ntasks
-        names = names[:ntasks] if names else None
-    if ntasks is not None and per_node is not None and ntasks > nnodes * per_node:
-        raise UsageError(
-            f"--ntasks={ntasks} cannot fit on --nodes={nnodes} x --ntasks-per-node={per_node} = "
-            f"{nnodes * per_node} task slots; ask for --nodes={math.ceil(ntasks / per_node)} "
-            f"or --ntasks-per-node={math.ceil(ntasks / nnodes)}, or fewer tasks"
-        )
-    total = ntasks or (nnodes * per_node if per_node else nnodes)
-    counts = count_tasks(total, [per_node or total] * nnodes, dist.resolve(total, nnodes))
-    cpus = [c * (cpt or 1) for c in counts]
-    gpus = [gpn if gpn is not None else (gpt or 0) * c for c in counts]
-    names = names or hosts.simulated_names(nnodes)
-    for name, c, g in zip(names, cpus, gpus):
-        if c > hosts.CPUS_PER_NODE:
-            raise UsageError(f"{name} would need {c} CPUs but a simulated node has {hosts.CPUS_PER_NODE}; "
-                             f"use more --nodes or a smaller --cpus-per-task")
-        if g > hosts.GPUS_PER_NODE:
-            raise UsageError(f"{name} would need {g} GPUs but a simulated node has {hosts.GPUS_PER_NODE}; "
-                             f"use --gpus-per-node={hosts.GPUS_PER_NODE} or fewer")
+    names = list(s.names or hosts.simulated_names(nnodes))
+    if s.per_node is not None:
+        if s.per_node > room or ntasks > nnodes * s.per_node:
+            raise SlurmError(f"{unavailable} ({ntasks} tasks, {s.per_node} per node on {nnodes} nodes of "
+                             f"{hosts.CPUS_PER_NODE} CPUs; ask for --nodes={math.ceil(ntasks / s.per_node)})")
+        counts = [s.per_node] * nnodes
+    elif exclusive:  # whole nodes: the tasks are spread as the step layout spreads them
+        counts = count_tasks(ntasks, [room] * nnodes, dist.resolve(ntasks, nnodes))
+    else:  # shared nodes: cons_tres packs the first node, leaving one task for each later node
+        counts, left = [], ntasks
+        for i in range(nnodes):
+            take = min(room, left - (nnodes - i - 1))
+            counts.append(max(take, 0))
+            left -= counts[-1]
+    if sum(counts) < ntasks or min(counts) < 1:
+        raise SlurmError(f"{unavailable} ({ntasks} tasks x {cpt} CPUs do not fit on {nnodes} nodes of "
+                         f"{hosts.CPUS_PER_NODE} CPUs; ask for more --nodes)")
+    cpus = [hosts.CPUS_PER_NODE if exclusive else c * cpt for c in counts]
+    asked = gpn is not None or gpt is not None
+    gpus = [hosts.GPUS_PER_NODE if exclusive else gpn if gpn is not None else (gpt or 0) * c for c in counts]
     return Allocation(
         job_id=job_id, job_name=str(_v(values, "job_name", default_name)), nodes=tuple(names),
         tasks_per_node=tuple(counts), cpus_per_node=tuple(cpus), gpus_per_node=tuple(gpus),
-        ntasks=total if (ntasks or per_node) else None, ntasks_per_node=per_node, cpus_per_task=cpt,
-        gpus_per_task=gpt, gpus_per_node_opt=str(values["gpus_per_node"].value) if "gpus_per_node" in values else None,
+        ntasks=ntasks if ("ntasks" in values or s.per_node) else None, ntasks_per_node=s.per_node,
+        cpus_per_task=_v(values, "cpus_per_task"), gpus_per_task=gpt,
+        gpus_per_node_opt=str(values["gpus_per_node"].value) if "gpus_per_node" in values else None,
         distribution=str(values["distribution"].value) if "distribution" in values else None,
-        submit_dir=submit_dir,
+        submit_dir=submit_dir, exclusive=exclusive, gpus_asked=asked,
     )
 
 
@@ -175,62 +243,58 @@ class Step:
     alloc: Allocation
     step_id: int
     layout: TaskLayout
-    cpus_per_task: int | None
+    cpus_per_task: int | None  # srun's own -c (command line or SRUN_CPUS_PER_TASK)
     ntasks_per_node: int | None
     gpus_per_task: int | None
-    distribution_given: bool
+    distribution_given: bool  # -m given (or SLURM_DISTRIBUTION read): exported as SLURM_DISTRIBUTION
+    standalone: bool = False  # srun created the job itself (not a step of sbatch's job)
+    exact: bool = False  # the step holds only tasks x -c CPUs on a node (-c or --exclusive given)
+    gpus: tuple[int, ...] = ()  # GPUs of the step on each of its nodes
 
     def cpus_on_node(self, node: int) -> int:
-        """``SLURM_CPUS_ON_NODE``: with ``-c`` the step gets exactly tasks x c CPUs, else all the job's CPUs there."""
-        if self.cpus_per_task:
-            return self.layout.counts[node] * self.cpus_per_task
+        """``SLURM_CPUS_ON_NODE``: a standalone srun's (or an exact step's) tasks x -c, else the job's CPUs there."""
+        if self.standalone or self.exact:
+            return self.layout.counts[node] * (self.cpus_per_task or 1)
         return self.alloc.cpus_per_node[self.alloc.nodes.index(self.layout.nodes[node])]
 
     def gpus_on_node(self, node: int) -> int:
-        return self.alloc.gpus_per_node[self.alloc.nodes.index(self.layout.nodes[node])]
+        return self.gpus[node] if self.gpus else 0
 
 
-def plan_step(alloc: Allocation, values: dict[str, Value], step_id: int) -> Step:
+def plan_step(alloc: Allocation, values: dict[str, Value], step_id: int, *, standalone: bool = False) -> Step:
     """Lay a step out inside ``alloc``; ``values`` are srun's options (command line over inherited SLURM_*)."""
-    nnodes = node_count(values)
-    ntasks = _positive(values, "ntasks")
-    per_node = _positive(values, "ntasks_per_node")
+    s = shape(values, "srun", warn=not standalone)  # a standalone srun warned while allocating
     cpt = _positive(values, "cpus_per_task")
     gpt = gpu_count(values, "gpus_per_task")
+    gpn = gpu_count(values, "gpus_per_node") or gpu_count(values, "gres")
     dist = Distribution.parse(str(_v(values, "distribution", "*")), os.environ.get("SLURM_DIST_PLANESIZE"))
-    if nnodes is not None and nnodes > len(alloc.nodes):
-        raise UsageError(f"{_say(values, 'nodes')} but the job holds only {len(alloc.nodes)} nodes "
-                         f"({alloc.nodelist}); ask sbatch for more nodes or use --nodes={len(alloc.nodes)}")
-    nnodes = nnodes or len(alloc.nodes)
-    if ntasks is not None and ntasks < nnodes:
-        if "nodes" in values:
-            print(f"srun: Warning: can't run {ntasks} processes on {nnodes} nodes, setting nnodes to {ntasks}",
-                  file=sys.stderr)
-        nnodes = ntasks
-    nodes = list(alloc.nodes[:nnodes])
-    slots = [c // (cpt or 1) for c in alloc.cpus_per_node[:nnodes]]
-    if ntasks is not None and per_node is not None and ntasks > nnodes * per_node:
-        if values["ntasks"].source == "command line" and values["ntasks_per_node"].source == "command line":
-            raise UsageError(f"--ntasks={ntasks} cannot fit on {nnodes} nodes x --ntasks-per-node={per_node}; "
-                             f"ask for --ntasks={nnodes * per_node} or more nodes")
-        print(f"srun: Warning: can't honor --ntasks-per-node set to {per_node} which doesn't match the "
-              f"requested tasks {ntasks} with the number of requested nodes {nnodes}. Ignoring "
-              f"--ntasks-per-node.", file=sys.stderr)
-        per_node = None
-    if per_node:
-        slots = [min(s, per_node) for s in slots]
-    if ntasks is None:
-        # srun's default: one task per node; -c changes it to as many tasks as the CPUs allow.
-        ntasks = per_node * nnodes if per_node else (sum(slots) if cpt else nnodes)
-    if ntasks > sum(slots):
-        have = compress_counts(alloc.cpus_per_node[:nnodes])
-        raise UsageError(
-            f"srun: {ntasks} tasks x {cpt or 1} CPUs need {ntasks * (cpt or 1)} CPUs but the job has "
-            f"{sum(alloc.cpus_per_node[:nnodes])} on {nnodes} nodes (SLURM_JOB_CPUS_PER_NODE={have}): "
-            f"More processors requested than permitted; lower -n/-c or ask sbatch for more"
-        )
-    layout = step_layout(nodes, ntasks, slots, dist)
-    return Step(alloc, step_id, layout, cpt, per_node, gpt, "distribution" in values)
+    nnodes = s.nnodes or len(alloc.nodes)
+    if nnodes > len(alloc.nodes):
+        raise SlurmError(f"Only allocated {len(alloc.nodes)} nodes asked for {nnodes} (the job holds "
+                         f"{alloc.nodelist}; ask sbatch for more nodes or use --nodes={len(alloc.nodes)})")
+    names = list(s.names) if s.names else list(alloc.nodes[:nnodes])
+    outside = [n for n in names if n not in alloc.nodes]
+    if outside:
+        raise SlurmError(f"Unable to create step for job {alloc.job_id}: Requested node configuration is not "
+                         f"available ({','.join(outside)} is not in the job's {alloc.nodelist})")
+    ntasks = s.ntasks or nnodes
+    where = [alloc.nodes.index(n) for n in names]
+    slots = [alloc.cpus_per_node[i] // (cpt or 1) for i in where]
+    if s.per_node:
+        slots = [min(x, s.per_node) for x in slots]
+    if ntasks > sum(slots) or min(slots) < 1:
+        raise SlurmError(f"Unable to create step for job {alloc.job_id}: More processors requested than permitted "
+                         f"({ntasks} tasks x {cpt or 1} CPUs; the job holds SLURM_JOB_CPUS_PER_NODE="
+                         f"{compress_counts(alloc.cpus_per_node)}: lower -n/-c or ask sbatch for more)")
+    layout = step_layout(names, ntasks, slots, dist)
+    if gpt:
+        gpus = tuple(c * gpt for c in layout.counts)
+    elif gpn is not None:
+        gpus = tuple(gpn for _ in names)
+    else:
+        gpus = tuple(alloc.gpus_per_node[i] if alloc.gpus_asked else 0 for i in where)
+    return Step(alloc, step_id, layout, cpt, s.per_node, gpt, "distribution" in values or not standalone,
+                standalone=standalone, exact=cpt is not None or bool(_v(values, "exclusive")), gpus=gpus)
 
 
 def default_job_name(command: list[str]) -> str:

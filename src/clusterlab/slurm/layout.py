@@ -1,12 +1,14 @@
 """Task layout: which Slurm task (``SLURM_PROCID``) runs on which node, with which ``SLURM_LOCALID``.
 
-Slurm lays a step's tasks out in two moves (``src/common/slurm_step_layout.c``):
+Slurm lays a step's tasks out in two moves (``src/common/slurm_step_layout.c``),
+within the CPUs the *job* holds on each node (:mod:`clusterlab.slurm.job`):
 
 1. **How many tasks per node.** Slurm walks the nodes round-robin, one task per
    node per round, skipping a node once its CPUs (divided by
    ``--cpus-per-task``) are used up; only when every node is full does it
-   overcommit. So 10 tasks on 4 roomy nodes are counted 3, 3, 2, 2
-   (``SLURM_TASKS_PER_NODE=3(x2),2(x2)``) whatever the distribution. The plane
+   overcommit. So 10 tasks on 4 whole nodes (``--exclusive``) are counted 3, 3, 2, 2
+   (``SLURM_TASKS_PER_NODE=3(x2),2(x2)``) whatever the distribution; on shared
+   nodes the job itself holds 7, 1, 1, 1 CPUs, and so the step is 7, 1, 1, 1. The plane
    distribution counts in blocks instead: ``plane=4`` puts 4 tasks on a node
    before moving on (after one task on every node), so 21 tasks on 4 nodes are
    counted 8, 5, 4, 4.

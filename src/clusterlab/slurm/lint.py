@@ -212,8 +212,9 @@ def lint(script, values: dict, alloc: Allocation, submit_dir: str | None = None)
             opts = call.args[:_options_end(call.args)]
             if not any(a.startswith(("-n", "--ntasks")) and not a.startswith("--ntasks-per") for a in opts):
                 add(Finding("srun-c-without-n", call.line, "srun -c without -n",
-                            "-c changes srun's default task count: without -n it starts as many tasks as the "
-                            "CPUs allow (or inherits SLURM_NTASKS), not one task per node",
+                            "without -n, srun starts the job's SLURM_NTASKS tasks (or one per node), each now "
+                            "needing -c CPUs: more than the job holds fails with 'More processors requested than "
+                            "permitted'; and in Slurm 22.05 a step never inherits the job's -c",
                             "say how many tasks: srun -n $SLURM_NNODES --ntasks-per-node=1 -c ... (or -n N)"))
         if LAUNCHER.search(call.text):
             if step is not None and max(step.layout.counts) > 1:
@@ -237,8 +238,9 @@ def lint(script, values: dict, alloc: Allocation, submit_dir: str | None = None)
     if "ntasks" in values and "ntasks_per_node" not in values and (multi or "nodes" not in values):
         add(Finding("ntasks-without-per-node", _line_of(values, "ntasks", first),
                     f"--ntasks={values['ntasks'].value} without --ntasks-per-node",
-                    "Slurm may spread the tasks unevenly (10 tasks on 4 nodes: 3,3,2,2), so LOCAL_RANK to "
-                    "GPU mapping and per-node worker counts differ between nodes",
+                    "on shared nodes Slurm 22.05 packs the job's CPUs onto the first node (10 tasks on 4 nodes: "
+                    "7,1,1,1; even --exclusive gives 3,3,2,2), so LOCAL_RANK to GPU mapping and per-node "
+                    "worker counts differ between nodes",
                     "state the shape: --nodes=N --ntasks-per-node=GPUS_PER_NODE"))
     if gpu_count(values, "gpus_per_task") and _uses_local_rank_device(script, submit_dir):
         add(Finding("gpus-per-task-device", _line_of(values, "gpus_per_task", first),

@@ -52,7 +52,7 @@ OPTIONS = (
     Opt("mem", None, "mem", "str", "both", False, "memory per node"),
     Opt("mem-per-cpu", None, "mem_per_cpu", "str", "both", False, "memory per CPU"),
     Opt("constraint", "C", "constraint", "str", "both", False, "node features"),
-    Opt("exclusive", None, "exclusive", "flag", "both", False, "whole nodes"),
+    Opt("exclusive", None, "exclusive", "flag", "both", True, "whole nodes (all their CPUs and GPUs)"),
     Opt("mail-type", None, "mail_type", "str", "sbatch", False, "mail events"),
     Opt("mail-user", None, "mail_user", "str", "sbatch", False, "mail address"),
     Opt("export", None, "export", "str", "both", False, "environment to export"),
@@ -83,17 +83,21 @@ SBATCH_ENV = {
 }
 
 
-#: srun's input environment variables (srun(1), INPUT ENVIRONMENT VARIABLES) read inside a job.
+#: srun's input environment variables read inside a job (Slurm 22.05, ``env_vars[]`` in
+#: src/srun/libsrun/opt.c). Not SLURM_CPUS_PER_TASK: 22.05's srun reads only SRUN_CPUS_PER_TASK.
 SRUN_ENV = {
-    "SLURM_NNODES": "nodes",
-    "SLURM_NTASKS": "ntasks",
+    "SLURM_JOB_NUM_NODES": "nodes",
+    "SLURM_NPROCS": "ntasks",
+    "SLURM_NTASKS": "ntasks",  # after SLURM_NPROCS: it wins
     "SLURM_NTASKS_PER_NODE": "ntasks_per_node",
-    "SLURM_CPUS_PER_TASK": "cpus_per_task",
+    "SRUN_CPUS_PER_TASK": "cpus_per_task",
     "SLURM_DISTRIBUTION": "distribution",
     "SLURM_GPUS_PER_TASK": "gpus_per_task",
+    "SLURM_GPUS_PER_NODE": "gpus_per_node",
+    "SLURM_GRES": "gres",
+    "SLURM_EXCLUSIVE": "exclusive",
     "SLURM_LABELIO": "label",
     "SLURM_KILL_BAD_EXIT": "kill_on_bad_exit",
-    "SLURM_WAIT": "wait",
 }
 
 

@@ -40,8 +40,10 @@ from dataclasses import dataclass
 from .. import procs
 from ..errors import UsageError
 from . import options
-from .environ import JOB_DIR_ENV, batch_env, slurm_free
+from . import config
+from .environ import JOB_DIR_ENV, Runtime, batch_env, slurm_free
 from .job import Allocation
+from .srun import TASK_PID_SHELL, open_port
 
 DIRECTIVE = "#SBATCH"
 
@@ -131,22 +133,60 @@ def next_step_id(job_dir: str) -> int:
         os.close(fd)  # closing releases the lock
 
 
-def make_job_dir(alloc: Allocation) -> str:
-    """The job's scratch directory: allocation, step counter, and the ``srun``/``scontrol`` shims."""
+def make_job_dir(alloc: Allocation, shims: bool = True) -> str:
+    """The job's scratch directory: allocation, step counter, the simulated cluster's slurm.conf
+    (the job's ``SLURM_CONF``) and, for a batch job, the ``srun``/``scontrol`` shims."""
     job_dir = tempfile.mkdtemp(prefix=f"clusterlab-job{alloc.job_id}-")
     alloc.save(os.path.join(job_dir, "allocation.json"))
+    with open(os.path.join(job_dir, "slurm.conf"), "w") as f:
+        f.write(config.slurm_conf())
+    if not shims:
+        return job_dir
     bin_dir = os.path.join(job_dir, "bin")
     os.mkdir(bin_dir)
     python = shlex.quote(sys.executable)
-    shims = {name: f"exec {python} -m clusterlab {name} \"$@\"" for name in ("srun", "scontrol")}
-    shims["clusterlab"] = f"exec {python} -m clusterlab \"$@\""
-    shims["python"] = shims["python3"] = f"exec {python} \"$@\""
-    for name, line in shims.items():
+    scripts = {name: f"exec {python} -m clusterlab {name} \"$@\"" for name in ("srun", "scontrol")}
+    scripts["clusterlab"] = f"exec {python} -m clusterlab \"$@\""
+    scripts["python"] = scripts["python3"] = f"exec {python} \"$@\""
+    for name, line in scripts.items():
         shim = os.path.join(bin_dir, name)
         with open(shim, "w") as f:
             f.write(f"#!/bin/sh\n# clusterlab's {name} for simulated job {alloc.job_id}\n{line}\n")
         os.chmod(shim, 0o755)
     return job_dir
+
+
+def start_watchdog(job_dir: str) -> tuple[int, int]:
+    """Fork the job's watchdog; return its pid and the write end of its lifeline.
+
+    The watchdog leaves our session (a signal to our process group does not reach it)
+    and blocks on the lifeline, a pipe whose only write end this process holds. When
+    the pipe closes - at the end of the job, or because this process died, even by
+    SIGKILL - it kills every process that still carries the job's mark
+    (:data:`~clusterlab.slurm.environ.JOB_DIR_ENV`: the batch shell, its sruns, their
+    tasks, anything they started) and removes the job directory, as slurmd does when
+    a job ends. Without it, a SIGKILLed sbatch left the batch script and its steps
+    running with ppid 1.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the watchdog
+        try:
+            os.close(write_end)
+            os.setsid()
+            quiet = os.open(os.devnull, os.O_RDWR)  # hold no pipe of our caller's open
+            for fd in (0, 1, 2):
+                os.dup2(quiet, fd)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                signal.signal(sig, signal.SIG_IGN)
+            while os.read(read_end, 64):
+                pass
+            procs.kill_tagged(JOB_DIR_ENV, job_dir)
+            shutil.rmtree(job_dir, ignore_errors=True)
+        finally:
+            os._exit(0)
+    os.close(read_end)
+    return pid, write_end
 
 
 def _output_path(pattern: str, alloc: Allocation) -> str:
@@ -160,12 +200,15 @@ def run_batch(script: Script, alloc: Allocation, values: dict, script_args: list
     if not os.path.isdir(cwd):
         raise UsageError(f"sbatch: --chdir={cwd!r} is not a directory")
     job_dir = make_job_dir(alloc)
+    watchdog, lifeline = start_watchdog(job_dir)
+    controller = open_port()  # the simulated controller's port, as in SLURM_WORKING_CLUSTER
     try:
         copy = os.path.join(job_dir, "slurm_script")
-        shutil.copyfile(script.path, copy)
+        with open(copy, "w", encoding="utf-8") as f:  # the text already read: the script may be a pipe (/dev/stdin)
+            f.write("\n".join(script.lines) + "\n")
         os.chmod(copy, 0o700)
         env = slurm_free(os.environ)
-        env.update(batch_env(alloc))
+        env.update(batch_env(alloc, Runtime(os.path.join(job_dir, "slurm.conf"), controller.getsockname()[1])))
         env[JOB_DIR_ENV] = job_dir
         env["PATH"] = os.path.join(job_dir, "bin") + os.pathsep + env.get("PATH", os.defpath)
         print(f"Submitted batch job {alloc.job_id}", flush=True)
@@ -180,15 +223,19 @@ def run_batch(script: Script, alloc: Allocation, values: dict, script_args: list
                 files.append(err)
             elif out is not None:
                 err = subprocess.STDOUT  # sbatch: stderr goes with stdout unless --error is given
-            proc = subprocess.Popen([copy, *script_args], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(["/bin/sh", "-c", TASK_PID_SHELL, copy, *script_args], env=env, cwd=cwd,
+                                    stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=err, start_new_session=True)
             return _wait_batch(proc)
         finally:
             for f in files:
                 f.close()
     finally:
+        controller.close()
         _kill_job(job_dir)
         shutil.rmtree(job_dir, ignore_errors=True)
+        os.close(lifeline)  # the watchdog finds nothing left, and exits
+        os.waitpid(watchdog, 0)
 
 
 def _wait_batch(proc: subprocess.Popen) -> int:

@@ -3,22 +3,28 @@
 Phases of one step:
 
 1. **Launch.** Every task is a process in a session (and process group) of its
-   own, with the job's environment plus its own ``SLURM_PROCID``,
-   ``SLURM_LOCALID``, ``SLURM_NODEID``, ``SLURMD_NODENAME`` ... (see
-   :mod:`clusterlab.slurm.environ`). If the command cannot be found, nothing is
-   launched.
-2. **Run.** One ``selectors`` loop reads every task's stdout and stderr, whole
-   lines at a time (``-l/--label`` puts ``TASKID: `` in front, padded to the
-   width of the largest id, as srun writes it), and watches each task's exit
-   through a pidfd. No polling, no sleeping.
-3. **Stop early** when srun is told to: ``-K/--kill-on-bad-exit`` after the first
-   non-zero exit; ``-W/--wait=S`` S seconds after the first task exits (any exit
-   status); a signal to srun itself is forwarded to every task. Stopping is
-   SIGTERM to every task's group, then SIGKILL after :data:`KILL_WAIT` seconds.
-4. **Clean up** like slurmstepd at the end of a step: whatever the tasks left
+   own, started by :func:`start_task` - the one place that puts a task "on node
+   k" - with the job's environment plus its own ``SLURM_PROCID``,
+   ``SLURM_LOCALID``, ``SLURMD_NODENAME`` ... (see :mod:`clusterlab.slurm.environ`)
+   and its ``SLURM_TASK_PID``. A command that cannot be executed fails in every
+   task, as slurmstepd's ``execve()`` does: one error line per task, exit status
+   the errno (2 for "No such file or directory").
+2. **Run.** One :class:`clusterlab.loop.Loop` reads every task's stdout and
+   stderr, whole lines at a time (``-l/--label`` puts ``TASKID: `` in front,
+   padded to the width of the largest id, as srun writes it), and watches each
+   task's exit through a pidfd. No polling, no sleeping.
+3. **Report exits** as srun does (``launch_slurm.c``, ``_task_finish``): a task
+   that exits non-zero or by a signal gets ``srun: error: NODE: task N: Exited
+   with exit code C`` (or the signal's name); tasks of a node reaped together with
+   the same status share one line (``tasks 0,2: Terminated``).
+4. **Stop early** when srun is told to: ``-K/--kill-on-bad-exit`` after the first
+   abnormal exit (SIGTERM, then SIGKILL after KillWait); ``-W/--wait=S`` S seconds
+   after the first task exits (SIGKILL); SIGTERM/SIGHUP to srun kills the tasks,
+   SIGINT is passed on. Node 0 of the step says ``*** STEP J.S ON node CANCELLED
+   AT time ***`` through its first task's stderr, as slurmstepd does.
+5. **Clean up** like slurmstepd at the end of a step: whatever the tasks left
    running is killed - their process groups, and any process that still carries
-   the step's tag in its environment (:data:`STEP_TAG_ENV`), even one that
-   started a session of its own.
+   the step's tag in its environment (:data:`STEP_TAG_ENV`).
 
 The exit status is srun's (srun(1), RETURN VALUE): the highest exit code of all
 tasks, but if any task died by a signal, 128 + the highest signal number.
@@ -26,24 +32,30 @@ tasks, but if any task died by a signal, 128 + the highest signal number.
 
 from __future__ import annotations
 
+import errno
 import os
-import selectors
 import shutil
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 
 from .. import procs
 from ..errors import UsageError
+from ..layout import format_ranks
+from ..loop import Loop
 from ..output import StreamPump
+from . import config
 from .job import Step
 
-#: Seconds between SIGTERM and SIGKILL when a step is stopped (slurm.conf KillWait; Slurm's default is 30).
-KILL_WAIT = 5.0
+#: Seconds between SIGTERM and SIGKILL when a step is stopped (slurm.conf KillWait).
+KILL_WAIT = float(config.KILL_WAIT)
 #: Seconds to drain output after the last task exited.
 DRAIN_WAIT = 2.0
 #: Every task (and whatever it starts) inherits this tag; the cleanup finds stragglers by it.
 STEP_TAG_ENV = "CLUSTERLAB_SLURM_STEP_TAG"
+#: Sets SLURM_TASK_PID to the task's own pid (the shell's, which exec keeps), then becomes the command.
+TASK_PID_SHELL = 'SLURM_TASK_PID=$$; export SLURM_TASK_PID; exec "$0" "$@"'
 
 
 def label_width(ntasks: int) -> int:
@@ -55,152 +67,211 @@ def label_width(ntasks: int) -> int:
 class _Task:
     task_id: int
     node: str
-    proc: object
+    proc: object | None  # None: the command could not be executed
     pidfd: int | None
     pumps: list = field(default_factory=list)
     status: int | None = None  # exit code, or -signal
+    reported: bool = False
 
 
-def find_command(command: list[str], env: dict[str, str], cwd: str | None) -> str:
-    """Check the executable exists before anything is launched (srun's EXECUTABLE PATH RESOLUTION)."""
+def find_command(command: list[str], env: dict[str, str], cwd: str | None) -> str | None:
+    """The executable slurmstepd would run, or None when ``execve`` would fail (then every task fails)."""
     if not command:
         raise UsageError("srun: no command given; write e.g. `clusterlab srun -N2 hostname`")
     exe = command[0]
     if "/" in exe:
         path = exe if os.path.isabs(exe) else os.path.join(cwd or os.getcwd(), exe)
-        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            raise UsageError(f"srun: {exe!r} is not an executable file; check the path or run `chmod +x {exe}`")
-        return path
-    found = shutil.which(exe, path=env.get("PATH", os.defpath))
-    if not found:
-        raise UsageError(f"srun: command {exe!r} not found on PATH; give its full path or fix PATH")
-    return found
+        return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    return shutil.which(exe, path=env.get("PATH", os.defpath))
+
+
+def _execve_error(command: list[str], cwd: str | None) -> int:
+    """The errno execve gives for a command that cannot run: ENOENT, or EACCES for a file without +x."""
+    exe = command[0]
+    path = exe if os.path.isabs(exe) else os.path.join(cwd or os.getcwd(), exe)
+    return errno.EACCES if "/" in exe and os.path.exists(path) else errno.ENOENT
+
+
+def start_task(command: list[str], env: dict[str, str], node: str, cwd: str | None) -> procs.Process:
+    """Start one task "on" ``node``: the one place a simulated node's process is made.
+
+    Today every node is this machine, so ``node`` is only named in the environment;
+    a host (UTS + mount namespace per node) would be entered here.
+    """
+    return procs.spawn(["/bin/sh", "-c", TASK_PID_SHELL, *command], env, cwd=cwd)
+
+
+def open_port() -> socket.socket:
+    """srun's own listening socket (``SLURM_SRUN_COMM_PORT``), held while the step runs."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s
 
 
 def run_step(step: Step, command: list[str], envs: list[dict[str, str]], *, label: bool = False,
              kill_on_bad_exit: bool = False, wait: int = 0, cwd: str | None = None,
              out_fd: int = 1, err_fd: int = 2) -> int:
     """Run ``command`` once per task with ``envs[task_id]``; return srun's exit status."""
-    find_command(command, envs[0], cwd)
     tag_value = f"{step.alloc.job_id}.{step.step_id}.{os.getpid()}.{time.monotonic_ns()}"
     envs = [{**e, STEP_TAG_ENV: tag_value} for e in envs]
     width = label_width(step.layout.ntasks)
-    sel = selectors.DefaultSelector()
-    tasks: list[_Task] = []
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    old_wakeup, old_handlers = None, {}
+    runnable = find_command(command, envs[0], cwd) is not None
+    loop = Loop()
+    loop.catch_signals()
+    run = _Run(step, loop, err_fd, kill_on_bad_exit, wait, tag_value)
     try:
-        try:  # a signal to srun wakes the loop at once (main thread only)
-            old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                old_handlers[sig] = signal.signal(sig, lambda *_: None)
-        except ValueError:
-            old_wakeup = None
-        sel.register(wake_r, selectors.EVENT_READ, ("wake", None))
         # Phase 1: launch, in task order.
         for task_id, node, _node_idx, _local in step.layout.table():
-            proc = procs.spawn(list(command), envs[task_id], cwd=cwd)
-            pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else None
-            t = _Task(task_id, node, proc, pidfd)
             tag = f"{task_id:>{width}}: ".encode() if label else b""
+            if not runnable:
+                t = _Task(task_id, node, None, None)
+                t.pumps = [StreamPump(tag, out_fd, None), StreamPump(tag, err_fd, None)]
+                code = _execve_error(command, cwd)
+                t.pumps[1].feed(f"slurmstepd-{node}: error: execve(): {command[0]}: {os.strerror(code)}\n".encode())
+                t.status = code
+                run.exited.append(t)
+                run.tasks.append(t)
+                continue
+            proc = start_task(list(command), envs[task_id], node, cwd)
+            pidfd = os.pidfd_open(proc.pid)
+            t = _Task(task_id, node, proc, pidfd)
             for stream, fd in ((proc.stdout, out_fd), (proc.stderr, err_fd)):
                 pump = StreamPump(tag, fd, None)
                 t.pumps.append(pump)
                 os.set_blocking(stream.fileno(), False)
-                sel.register(stream.fileno(), selectors.EVENT_READ, ("out", (t, stream, pump)))
-            if pidfd is not None:
-                sel.register(pidfd, selectors.EVENT_READ, ("exit", t))
-            tasks.append(t)
-        return _loop(step, sel, tasks, kill_on_bad_exit, wait, err_fd, wake_r, tag_value)
+                run.open_streams += 1
+                loop.on_read(stream.fileno(), lambda s=stream, p=pump: run.read(s, p))
+            loop.on_read(pidfd, lambda t=t: run.reap(t))
+            run.tasks.append(t)
+        return run.wait()
     finally:
-        _cleanup(tasks, tag_value)
-        sel.close()
-        if old_wakeup is not None:
-            signal.set_wakeup_fd(old_wakeup)
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
-        os.close(wake_r)
-        os.close(wake_w)
+        _cleanup(run.tasks, tag_value)
+        for t in run.tasks:
+            for pump in t.pumps:
+                pump.close()
+        loop.close()
 
 
-def _say(fd: int, text: str) -> None:
-    try:
-        os.write(fd, f"srun: {text}\n".encode())
-    except OSError:
-        pass
+class _Run:
+    """Phases 2-4 of a step: the loop's handlers and srun's decisions."""
 
+    def __init__(self, step: Step, loop: Loop, err_fd: int, kill_on_bad_exit: bool, wait: int, tag: str) -> None:
+        self.step, self.loop, self.err_fd, self.tag = step, loop, err_fd, tag
+        self.kill_on_bad_exit, self.wait_s = kill_on_bad_exit, wait
+        self.tasks: list[_Task] = []
+        self.exited: list[_Task] = []  # reaped since the last report
+        self.open_streams = 0
+        self.name = f"StepId={step.alloc.job_id}.{step.step_id}"
+        self.cancelled = self.aborted = False
+        self.wait_deadline = self.kill_deadline = None
 
-def _loop(step: Step, sel, tasks: list[_Task], kill_on_bad_exit: bool, wait: int, err_fd: int, wake_r: int,
-          tag: str) -> int:
-    step_name = f"StepId={step.alloc.job_id}.{step.step_id}"
-    cancelled = False
-    wait_deadline = kill_deadline = None
-    open_streams = 2 * len(tasks)
-    drain_deadline = None
-    while True:
-        live = [t for t in tasks if t.status is None]
-        if not live and (open_streams == 0 or (drain_deadline and time.monotonic() >= drain_deadline)):
-            break
-        if not live and drain_deadline is None:
-            _kill_leftovers(tasks, tag)  # slurmstepd ends the step: nothing of it may keep running
-            drain_deadline = time.monotonic() + DRAIN_WAIT
-        now = time.monotonic()
-        if wait_deadline and now >= wait_deadline and live and not cancelled:
-            _say(err_fd, f"First task exited {wait}s ago")
-            _say(err_fd, f"Terminating {step_name}")
-            cancelled, kill_deadline = True, _terminate(live, signal.SIGTERM)
-        if kill_deadline and now >= kill_deadline:
+    def say(self, text: str) -> None:
+        try:
+            os.write(self.err_fd, f"srun: {text}\n".encode())
+        except OSError:
+            pass
+
+    def read(self, stream, pump) -> None:
+        try:
+            chunk = os.read(stream.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if chunk:
+            pump.feed(chunk)
+            return
+        self.loop.forget(stream.fileno())
+        pump.close()
+        self.open_streams -= 1
+
+    def reap(self, t: _Task) -> None:
+        self.loop.forget(t.pidfd)
+        t.status = _exit_status(t.proc.pid)
+        self.exited.append(t)
+
+    def live(self) -> list[_Task]:
+        return [t for t in self.tasks if t.status is None]
+
+    def wait(self) -> int:
+        drain_deadline = None
+        while True:
+            self.report()
+            live = self.live()
+            now = time.monotonic()
+            if not live:
+                if self.open_streams == 0 or (drain_deadline and now >= drain_deadline):
+                    break
+                if drain_deadline is None:
+                    _kill_leftovers(self.tasks, self.tag)  # slurmstepd ends the step: nothing of it may keep running
+                    drain_deadline = now + DRAIN_WAIT
+            if self.wait_deadline and now >= self.wait_deadline and live and not self.cancelled:
+                self.wait_expired(live)
+            if self.kill_deadline and now >= self.kill_deadline:
+                for t in live:
+                    procs.signal_group(t.proc, signal.SIGKILL)
+                self.kill_deadline = None
+            if self.loop.signal is not None and live:
+                self.on_signal(live)
+            timeout = min([d - now for d in (self.wait_deadline, self.kill_deadline, drain_deadline) if d] + [1.0])
+            self.loop.poll(max(timeout, 0.0))
+        statuses = [t.status for t in self.tasks]
+        if not self.aborted and any(s in (-signal.SIGTERM, -signal.SIGKILL) for s in statuses):
+            self.say(f"Force Terminated {self.name}")
+        return exit_code(statuses)
+
+    def report(self) -> None:
+        """srun's ``_task_finish``: one line per node and status for the tasks reaped together."""
+        batch, self.exited = self.exited, []
+        if not batch:
+            return
+        groups: dict[tuple[str, int], list[int]] = {}
+        for t in batch:
+            groups.setdefault((t.node, t.status), []).append(t.task_id)
+        for (node, status), ids in groups.items():
+            if status != 0:
+                word = "task" if len(ids) == 1 else "tasks"
+                self.say(f"error: {node}: {word} {format_ranks(ids)}: {_describe(status)}")
+        first_exit = len(self.tasks) - len(self.live()) == len(batch)
+        if self.kill_on_bad_exit and not self.cancelled and any(t.status != 0 for t in batch):
+            self.cancel(signal.SIGTERM)
+        if first_exit and self.wait_s > 0 and self.wait_deadline is None:
+            self.wait_deadline = time.monotonic() + self.wait_s
+
+    def cancel(self, sig: int) -> None:
+        """``_step_signal``: slurmctld has every node's slurmstepd signal the step's tasks."""
+        self.say(f"launch/slurm: _step_signal: Terminating {self.name}")
+        self.cancelled = True
+        first = self.step.layout.nodes[0]
+        when = time.strftime("%Y-%m-%dT%H:%M:%S")
+        line = f"slurmstepd-{first}: error: *** STEP {self.step.alloc.job_id}.{self.step.step_id} ON {first} " \
+               f"CANCELLED AT {when} ***\n"
+        lead = next(t for t in self.tasks if t.task_id == self.step.layout.task_ids[0][0])
+        lead.pumps[1].feed(line.encode())
+        self.kill_deadline = _terminate(self.live(), sig)
+
+    def wait_expired(self, live: list[_Task]) -> None:
+        """``-W``: the SIGALRM branch of srun's signal thread (srun_job.c), then the step is aborted."""
+        self.say(f"First task exited {self.wait_s}s ago")
+        for what, ids in (("running", [t.task_id for t in live]),
+                          ("exited abnormally", [t.task_id for t in self.tasks if t.status not in (None, 0)]),
+                          ("exited", [t.task_id for t in self.tasks if t.status == 0])):
+            if ids:
+                self.say(f"{self.name} task{'s' if len(ids) > 1 else ''} {format_ranks(ids)}: {what}")
+        self.cancel(signal.SIGKILL)
+        self.aborted = True
+        self.say(f"Job step aborted: Waiting up to {config.KILL_WAIT + config.STEP_ABORT_TIME} seconds for "
+                 f"job step to finish.")
+
+    def on_signal(self, live: list[_Task]) -> None:
+        sig, self.loop.signal = self.loop.signal, None
+        if sig == signal.SIGINT:  # passed on to the tasks (srun's first Ctrl-C)
             for t in live:
-                procs.signal_group(t.proc, signal.SIGKILL)
-            kill_deadline = None
-        timeout = min([d - now for d in (wait_deadline, kill_deadline, drain_deadline) if d] + [1.0])
-        for key, _ in sel.select(max(timeout, 0.0)):
-            kind, data = key.data
-            if kind == "wake":
-                sig = _read_signal(wake_r)
-                if sig and live:
-                    _say(err_fd, f"forcing job termination ({signal.Signals(sig).name} received)")
-                    cancelled = True
-                    kill_deadline = _terminate(live, sig)
-            elif kind == "out":
-                t, stream, pump = data
-                try:
-                    chunk = os.read(stream.fileno(), 65536)
-                except BlockingIOError:
-                    continue
-                if chunk:
-                    pump.feed(chunk)
-                else:
-                    sel.unregister(stream.fileno())
-                    pump.close()
-                    open_streams -= 1
-            elif kind == "exit":
-                t = data
-                sel.unregister(t.pidfd)
-                t.status = _exit_status(t.proc.pid)
-                first_exit = sum(x.status is not None for x in tasks) == 1
-                if t.status != 0 and not cancelled:
-                    _say(err_fd, f"error: {t.node}: task {t.task_id}: {_describe(t.status)}")
-                if t.status != 0 and kill_on_bad_exit and not cancelled:
-                    _say(err_fd, f"Terminating {step_name}")
-                    cancelled = True
-                    kill_deadline = _terminate([x for x in tasks if x.status is None], signal.SIGTERM)
-                if first_exit and wait > 0 and wait_deadline is None:
-                    wait_deadline = time.monotonic() + wait
-        if not any(t.pidfd is not None for t in tasks):  # no pidfds on this system: poll instead
-            for t in tasks:
-                if t.status is None and t.proc.poll() is not None:
-                    t.status = t.proc.returncode
-    return exit_code([t.status for t in tasks])
-
-
-def _read_signal(fd: int) -> int | None:
-    try:
-        data = os.read(fd, 64)
-    except BlockingIOError:
-        return None
-    return data[-1] if data else None
+                procs.signal_group(t.proc, sig)
+            return
+        self.say("forcing job termination")
+        self.cancelled = True
+        for t in live:
+            procs.signal_group(t.proc, signal.SIGKILL)
 
 
 def _exit_status(pid: int) -> int:
@@ -221,7 +292,8 @@ def _terminate(live: list[_Task], sig: int) -> float:
 def _kill_leftovers(tasks: list[_Task], tag: str | None) -> None:
     """SIGKILL what is left of the step: every task's group, then any process carrying the step's tag."""
     for t in tasks:
-        procs.signal_group(t.proc, signal.SIGKILL)
+        if t.proc is not None:
+            procs.signal_group(t.proc, signal.SIGKILL)
     if tag is not None:
         procs.kill_tagged(STEP_TAG_ENV, tag)
 
@@ -242,11 +314,13 @@ def exit_code(statuses: list[int | None]) -> int:
 
 def _cleanup(tasks: list[_Task], tag: str | None) -> None:
     """Whatever happened above: no task, no child of a task, no fd is left behind."""
-    live = [t for t in tasks if t.status is None]
+    live = [t for t in tasks if t.status is None and t.proc is not None]
     if live:
         procs.stop([t.proc for t in live], grace=KILL_WAIT)
     _kill_leftovers(tasks, tag)
     for t in tasks:
+        if t.proc is None:
+            continue
         try:
             t.proc.wait(timeout=KILL_WAIT)
         except Exception:
