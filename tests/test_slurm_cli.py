@@ -187,7 +187,6 @@ def test_pattern_a_one_launcher_per_node_end_to_end():
 def test_sigkilled_sbatch_leaves_nothing_running(tmp_path):
     """issue 14, item 4: a SIGKILLed `clusterlab sbatch` left its batch script and its srun steps
     running with ppid 1. Its watchdog now ends the job, as slurmd would."""
-    import signal
     import time
 
     import psutil
@@ -206,7 +205,7 @@ def test_sigkilled_sbatch_leaves_nothing_running(tmp_path):
     job += [c for p in job for c in p.children(recursive=True)]  # srun, the background sleep
     proc.kill()
     proc.wait()
-    gone, alive = psutil.wait_procs(job, timeout=15)
+    _gone, alive = psutil.wait_procs(job, timeout=15)
     assert not alive, f"left running after sbatch was SIGKILLed: {[(p.pid, p.cmdline()) for p in alive]}"
 
 

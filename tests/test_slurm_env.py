@@ -17,7 +17,7 @@ from clusterlab.slurm.sbatch import merge, parse_script
 
 
 def request(*argv):
-    values, rest = options.parse(list(argv), "srun")
+    values, _rest = options.parse(list(argv), "srun")
     return values
 
 

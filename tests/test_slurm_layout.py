@@ -88,7 +88,7 @@ def test_every_task_placed_once_local_ids_dense_counts_consistent(case):
     assert placed == list(range(ntasks))
     assert all(len(node) >= 1 for node in layout.task_ids)
     per_node = {}
-    for task, _name, node, local in layout.table():
+    for _task, _name, node, local in layout.table():
         per_node.setdefault(node, []).append(local)
     assert all(sorted(v) == list(range(len(v))) for v in per_node.values())
     assert expand_counts(compress_counts(layout.counts)) == [len(v) for v in layout.task_ids]

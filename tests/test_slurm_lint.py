@@ -6,7 +6,7 @@ import pytest
 
 from clusterlab.slurm.job import allocate
 from clusterlab.slurm.lint import lint, unquoted_vars
-from clusterlab.slurm.sbatch import merge, read_script, parse_script
+from clusterlab.slurm.sbatch import merge, parse_script, read_script
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "slurm"

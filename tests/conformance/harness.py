@@ -166,7 +166,7 @@ def _normal_value(var: str, value: str | None, job_id: str | None) -> str | None
         return value
     if var == "SLURM_WORKING_CLUSTER":
         parts = value.split(":")
-        return ":".join(parts[:2] + ["<port>"] + parts[3:]) if len(parts) == 5 else value
+        return ":".join([*parts[:2], "<port>", *parts[3:]]) if len(parts) == 5 else value
     return f"<{NORMALISED[var].split(',')[0]}>"
 
 

@@ -8,8 +8,6 @@ would get other nodes or CPUs), so the list is kept to what each case teaches.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .harness import ROOT, Request
 
 

@@ -43,7 +43,7 @@ def test_a_private_cluster_starts_runs_and_stops_by_pid():
             assert len(daemons) == 6  # munged, slurmctld, 4 slurmd
         finally:
             cluster.stop()
-        gone, alive = psutil.wait_procs(daemons, timeout=10)
+        _gone, alive = psutil.wait_procs(daemons, timeout=10)
         assert not alive, [p.pid for p in alive]
         assert not realslurm._stepds(root)
         assert _etc_digest() == before  # nothing under /etc changed

@@ -31,7 +31,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def explain(script, values: dict, alloc) -> str:
     out = [f"# Plan for {script.path} (nothing is run)", "", "## Options"]
-    for key, v in sorted(values.items(), key=lambda kv: kv[1].source):
+    for _key, v in sorted(values.items(), key=lambda kv: kv[1].source):
         out.append(f"  {v.option}={v.value}    <- {v.source}")
     out += ["", "## Allocation", f"  job {alloc.job_id} '{alloc.job_name}' on {len(alloc.nodes)} node(s) "
             f"{alloc.nodelist}",

@@ -111,7 +111,7 @@ class TaskLayout:
 
     def table(self) -> list[tuple[int, str, int, int]]:
         """Every task as ``(task id, node name, node index, local id)``, in task order."""
-        rows = [(t, self.nodes[n], n, l) for n, ids in enumerate(self.task_ids) for l, t in enumerate(ids)]
+        rows = [(t, self.nodes[n], n, local) for n, ids in enumerate(self.task_ids) for local, t in enumerate(ids)]
         return sorted(rows)
 
     def __str__(self) -> str:

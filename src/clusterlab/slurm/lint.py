@@ -206,7 +206,7 @@ def lint(script, values: dict, alloc: Allocation, submit_dir: str | None = None)
                                 "$SLURM_GPUS_ON_NODE"))
 
     for step_id, call in enumerate(calls):
-        step, command, _ = plan_srun(alloc, call, step_id)
+        step, _command, _ = plan_srun(alloc, call, step_id)
         if call.args is not None and any(a in ("-c",) or a.startswith(("-c", "--cpus-per-task")) for a in
                                          call.args[:_options_end(call.args)]):
             opts = call.args[:_options_end(call.args)]

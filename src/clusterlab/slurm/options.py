@@ -144,7 +144,7 @@ def parse(tokens: list[str], prog: str, where: str = "command line", stop_at_pos
                                  f"see `clusterlab {prog} --help` for the options simulated here")
             raw = tok[2:] or None
             if raw is not None and opt.arg == "flag":  # bundled flags: -lK
-                tokens = tokens[:i] + [tok[:2], "-" + tok[2:]] + tokens[i + 1:]
+                tokens = [*tokens[:i], tok[:2], "-" + tok[2:], *tokens[i + 1:]]
                 raw = None
         if opt.scope not in ("both", prog):
             raise UsageError(f"{where}: {written} is an option of {opt.scope}, not of {prog}")

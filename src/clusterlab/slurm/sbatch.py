@@ -39,8 +39,7 @@ from dataclasses import dataclass
 
 from .. import procs
 from ..errors import UsageError
-from . import options
-from . import config
+from . import config, options
 from .environ import JOB_DIR_ENV, Runtime, batch_env, slurm_free
 from .job import Allocation
 from .srun import TASK_PID_SHELL, open_port
@@ -216,10 +215,10 @@ def run_batch(script: Script, alloc: Allocation, values: dict, script_args: list
         try:
             out = err = None
             if "output" in values:
-                out = open(_output_path(str(values["output"].value), alloc), "ab")  # noqa: SIM115
+                out = open(_output_path(str(values["output"].value), alloc), "ab")
                 files.append(out)
             if "error" in values:
-                err = open(_output_path(str(values["error"].value), alloc), "ab")  # noqa: SIM115
+                err = open(_output_path(str(values["error"].value), alloc), "ab")
                 files.append(err)
             elif out is not None:
                 err = subprocess.STDOUT  # sbatch: stderr goes with stdout unless --error is given
