@@ -31,7 +31,7 @@ def _collect(name: str, proc: procs.Process) -> int:
     out, err = proc.stdout.read(), proc.stderr.read()
     code = proc.wait(60)
     for line in (out + err).decode(errors="replace").splitlines():
-        print(f"[{name}] {line}", flush=True)
+        os.write(1, f"[{name}] {line}\n".encode())  # one write per line: nodes print side by side
     return code
 
 

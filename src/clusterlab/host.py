@@ -1,64 +1,44 @@
 """What makes a simulated node a host: its own name, and a job-wide ``/etc/hosts``.
 
-On a real cluster ``hostname`` on node002 prints ``node002``, and ``node001`` resolves
-to node001's address on every node, because each node is a machine with its own
-name and the site's DNS or ``/etc/hosts`` lists them all. Scripts rely on it:
-``MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)``, then
-torch's c10d store calls ``getaddrinfo("node001")``.
-
-Here every node is this one machine, so clusterlab gives each simulated node two
-Linux namespaces (namespaces(7)), which its agent, its tasks and everything they
-start share:
+On a cluster, ``hostname`` on node002 prints ``node002`` and ``node001`` resolves on
+every node; scripts rely on it (``MASTER_ADDR=$(scontrol show hostnames ... | head -n 1)``,
+then torch's c10d store calls ``getaddrinfo("node001")``). Here each simulated node gets
+two Linux namespaces (namespaces(7)), shared by its agent, its tasks and all they start:
 
 - a **UTS namespace**, whose host name is the node's name (sethostname(2));
-- a **mount namespace**, in which a job-private hosts file is bind-mounted over
-  ``/etc/hosts``. It maps every node name of the job to that node's own loopback
-  address (:func:`node_address`: node k -> ``127.0.1.k``), then keeps the machine's
-  own lines (``localhost`` ...). Linux routes the whole of ``127.0.0.0/8`` to the
-  loopback device, so these addresses work with no interface set-up at all.
+- a **mount namespace**, with a job-private hosts file bind-mounted over ``/etc/hosts``:
+  every node of the job at its own loopback address (:func:`node_address`: node k ->
+  ``127.0.1.k``; Linux routes all of ``127.0.0.0/8`` to ``lo``, no set-up needed), then
+  the machine's own lines. ``hostname -i``, ``getent hosts``, Python's :mod:`socket` and
+  C's ``getaddrinfo()`` then agree inside a node.
 
-Then ``hostname``, ``hostname -i``, ``getent hosts node002``, Python's
-:mod:`socket` and C's ``getaddrinfo()`` (torch's c10d store) all agree inside a node.
+**The network stays shared** (the simplest design, and open to every user): binds of
+one port on two nodes' own addresses do not collide, two wildcard binds do, and a
+connection leaves from ``127.0.0.1`` unless it binds its node's address first.
 
-**The network stays shared.** A process binding ``127.0.1.1:29500`` on node001 does
-not collide with ``127.0.1.2:29500`` on node002, but two wildcard binds of one port
-(``0.0.0.0:29500``, as torch's TCPStore server does) do, and a connection leaves
-from ``127.0.0.1`` unless its socket binds its node's address first. Separate
-network namespaces joined by a bridge would remove both differences, at the price
-of root-only set-up (veth pairs, a bridge, routes) that an unprivileged user cannot do.
+**How** (``--hosts auto | namespaces | off``): as root, ``unshare(CLONE_NEWUTS |
+CLONE_NEWNS)``; as a normal user, the same inside a new user namespace (user_namespaces(7)),
+whose creator holds every capability in it until it execs: enough to set the name and
+mount the file; the workers then run as the user, with none. Where neither works,
+``auto`` runs the job as before and says so in one line (:attr:`JobHosts.note`);
+``namespaces`` refuses with that line.
 
-**How the namespaces are obtained** (``--hosts`` ``auto | namespaces | off``):
-
-- as root: ``unshare(CLONE_NEWUTS | CLONE_NEWNS)``;
-- as a normal user: the same inside a new user namespace (user_namespaces(7)),
-  which maps the user to itself: the creator holds every capability in it until
-  it exec()s, enough to set the host name and mount the file, and the workers
-  it then starts run as the user, with none;
-- where neither works (a kernel without unprivileged user namespaces, not Linux):
-  ``auto`` runs the job as before and says in one line (:attr:`JobHosts.note`) that
-  node names do not resolve here; ``namespaces`` refuses with that line.
-
-Each mount namespace first turns every mount into a *slave* (mount_namespaces(7)):
-the node still sees mounts the machine makes later, the machine never sees the
-node's. The hosts file lives on a tiny tmpfs that exists only inside the node, so
-nothing is ever written to disk; namespaces and mounts vanish with the node's last
-process. A node is entered in one of two ways:
-
-1. :func:`become`, in a freshly forked child (``simulate``'s agent): no extra process;
-2. :class:`Keepers`, one small process per node holding its namespaces for the job,
-   and :meth:`Keepers.enter_argv`, an ``nsenter(1)`` prefix for each task
-   (``srun``, ``sbatch``'s batch shell). Keepers die with their launcher, even
-   when it is SIGKILLed (``PR_SET_PDEATHSIG`` and a lifeline pipe).
+Every mount is first made a *slave* (mount_namespaces(7)): the node sees the machine's
+later mounts, the machine never sees the node's. The file lives on a tmpfs that exists
+only inside the node, never on disk; namespaces and mounts vanish with the node's last
+process. Two ways in: :func:`become` in a freshly forked child (``simulate``'s agent),
+or :class:`Keepers`, one process per node holding its namespaces for the job, entered
+per task through :meth:`Keepers.enter_argv`, an ``nsenter(1)`` prefix (``srun``, the
+batch shell of ``sbatch``). Keepers die with their launcher, even on SIGKILL.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import select
 import signal
 import sys
-from dataclasses import dataclass
+from collections import namedtuple
 
 from .errors import ClusterlabError, UsageError
 
@@ -66,7 +46,6 @@ MODES = ("auto", "namespaces", "off")
 #: Exported to a job's processes by the owner of its :class:`Keepers` (see :meth:`Keepers.environ`).
 KEEPERS_ENV = "CLUSTERLAB_HOST_KEEPERS"
 _MAX_NODES = 254 * 254
-_NAME = re.compile(r"^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$")
 _WAIT = 10.0  # seconds a probe or a keeper may take to set a node up (it takes about a millisecond)
 
 # <sched.h> and <sys/mount.h>
@@ -98,7 +77,7 @@ def hosts_text(names: list[str] | tuple[str, ...], machine: str) -> str:
     if not names:
         raise UsageError("a job needs at least one node name, e.g. node001")
     for name in names:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not _is_host_name(name):
             raise UsageError(f"node name {name!r} cannot be a host name; use letters, digits and '-' "
                              "(at most 64 characters), e.g. node001")
     if len(set(names)) != len(names):
@@ -117,6 +96,14 @@ def hosts_text(names: list[str] | tuple[str, ...], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _is_host_name(name) -> bool:
+    """RFC 1123 host names: dot-separated labels of letters, digits and inner '-'; sethostname(2)'s 64 bytes."""
+    if not isinstance(name, str) or not 0 < len(name) <= 64 or not name.isascii():
+        return False
+    return all(label and label[0] != "-" and label[-1] != "-" and label.replace("-", "").isalnum()
+               for label in name.split("."))
+
+
 def check_mode(mode: str) -> str:
     """``mode`` if it is one of :data:`MODES`, else the one-line :class:`UsageError`."""
     if mode not in MODES:
@@ -125,19 +112,17 @@ def check_mode(mode: str) -> str:
 
 
 # ------------------------------------------------------------------ the decision, once per job
-@dataclass(frozen=True)
-class JobHosts:
+class JobHosts(namedtuple("JobHosts", "names via text note tag", defaults=("", "0"))):
     """The hosts of one job: its node names, how they become hosts, and its /etc/hosts.
 
     ``via`` is ``"root"`` (plain namespaces), ``"userns"`` (inside a user namespace)
     or ``"off"``; ``note`` is the one line to print at job start when ``auto`` fell
-    back to ``off``, else ``""``.
+    back to ``off``, else ``""``; ``tag`` (the launcher's pid) names the job's mounts,
+    ``clusterlab-hosts-TAG`` in ``/proc/PID/mountinfo``. (A named tuple, not a dataclass: importing
+    dataclasses costs every launch a few milliseconds, see docs/performance.md.)
     """
 
-    names: tuple[str, ...]
-    via: str
-    text: str
-    note: str = ""
+    __slots__ = ()
 
     def address(self, name: str) -> str:
         """The address ``name`` resolves to inside the job."""
@@ -163,17 +148,17 @@ def plan(names: list[str] | tuple[str, ...], mode: str = "auto", etc_hosts: str 
             machine = f.read()
     except OSError:
         machine = ""
-    text = hosts_text(names, machine)
+    text, tag = hosts_text(names, machine), str(os.getpid())
     if mode == "off":
-        return JobHosts(tuple(names), "off", text)
-    via, why = _probe(names[0], text)
+        return JobHosts(tuple(names), "off", text, "", tag)
+    via, why = _probe(names[0], text, tag)
     if via:
-        return JobHosts(tuple(names), via, text)
+        return JobHosts(tuple(names), via, text, "", tag)
     if mode == "namespaces":
         raise UsageError(f"--hosts=namespaces: {why}; use --hosts=auto to run without them")
     note = (f"hosts: off, {why}: node names such as {names[0]} do not resolve inside this job; run as root, "
             "or allow user namespaces (sysctl user.max_user_namespaces), or connect to 127.0.0.1")
-    return JobHosts(tuple(names), "off", text, note)
+    return JobHosts(tuple(names), "off", text, note, tag)
 
 
 # ------------------------------------------------------------------ the kernel calls
@@ -208,7 +193,7 @@ def _write(path: str, text: str) -> None:
         os.close(fd)
 
 
-def _become(name: str, text: str, via: str, user_map: str = "self", join: int | None = None) -> None:
+def _become(name: str, text: str, via: str, tag: str, user_map: str = "self", join: int | None = None) -> None:
     """Make the calling (single-threaded, just forked) process node ``name``.
 
     ``via="userns"``: first a user namespace, new (the user mapped to itself, or to
@@ -232,7 +217,7 @@ def _become(name: str, text: str, via: str, user_map: str = "self", join: int | 
     _call("sethostname", name.encode(), len(name.encode()))
     # The file lives on a tmpfs mounted over /tmp for a moment, in this namespace only: once it
     # is bind-mounted over /etc/hosts the tmpfs is detached again, and nothing is on disk.
-    _call("mount", b"clusterlab-hosts", b"/tmp", b"tmpfs", 0, b"mode=755,size=4m")
+    _call("mount", f"clusterlab-hosts-{tag}".encode(), b"/tmp", b"tmpfs", 0, b"mode=755,size=4m")
     try:
         fd = os.open("/tmp/hosts", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -246,21 +231,17 @@ def _become(name: str, text: str, via: str, user_map: str = "self", join: int | 
     _call("mount", None, b"/etc/hosts", None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None)
 
 
-def _probe(name: str, text: str) -> tuple[str, str]:
+def _probe(name: str, text: str, tag: str) -> tuple[str, str]:
     """Try :func:`_become` in a forked child: ``("root" | "userns", "")`` or ``("", why not)``."""
     if not sys.platform.startswith("linux"):
         return "", f"namespaces are Linux-only, this is {sys.platform}"
-    _load_libc()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the probe: kernel calls only, then _exit, whatever happens
+
+    def probe(w: int) -> None:  # in the child: kernel calls only, then _exit, whatever happens
         answer = b"!unknown"
         try:
-            os.close(r)
-            tried = ["root", "userns"] if os.geteuid() == 0 else ["userns"]
-            for via in tried:
+            for via in ["root", "userns"] if os.geteuid() == 0 else ["userns"]:
                 try:
-                    _become(name, text, via)
+                    _become(name, text, via, tag)
                     answer = via.encode()
                     break
                 except OSError as exc:
@@ -268,29 +249,33 @@ def _probe(name: str, text: str) -> tuple[str, str]:
             os.write(w, answer)
         finally:
             os._exit(0)
+
+    pid, answer = _fork_and_ask(probe, "the namespace probe")
+    _reap(pid, _WAIT)
+    if not answer.startswith("!"):
+        return answer, ""
+    if "No space left" in answer:  # ENOSPC: user.max_user_namespaces is 0, or used up
+        return "", f"the kernel allows no more user namespaces ({answer[1:]})"
+    return "", f"the kernel refused the namespaces ({answer[1:]})"
+
+
+def _fork_and_ask(child, what: str) -> tuple[int, str]:
+    """Fork; ``child(w)`` runs in the child (and must ``_exit``) and writes one answer on
+    ``w``: return the child's pid and that answer, waiting at most :data:`_WAIT` seconds."""
+    _load_libc()  # in the parent: a forked child must not import
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        child(w)
     os.close(w)
     try:
-        answer = _read_answer(r, pid, "the namespace probe")
+        if not select.select([r], [], [], _WAIT)[0]:
+            os.kill(pid, signal.SIGKILL)
+            raise HostsError(f"{what} (pid {pid}) did not answer within {_WAIT:g}s; it was killed")
+        return pid, os.read(r, 4096).decode(errors="replace") or "!it exited without an answer"
     finally:
         os.close(r)
-        _reap(pid, _WAIT)
-    if answer.startswith("!"):
-        return "", _explain(answer[1:])
-    return answer, ""
-
-
-def _explain(strerror: str) -> str:
-    if "No space left" in strerror:  # ENOSPC: user.max_user_namespaces is 0, or used up
-        return f"the kernel allows no more user namespaces ({strerror})"
-    return f"the kernel refused the namespaces ({strerror})"
-
-
-def _read_answer(fd: int, pid: int, what: str) -> str:
-    """What a forked helper wrote on ``fd`` before closing it; bounded by :data:`_WAIT`."""
-    if not select.select([fd], [], [], _WAIT)[0]:
-        os.kill(pid, signal.SIGKILL)
-        raise HostsError(f"{what} (pid {pid}) did not answer within {_WAIT:g}s; it was killed")
-    return os.read(fd, 4096).decode(errors="replace") or "!it exited without an answer"
 
 
 def _reap(pid: int, timeout: float) -> None:
@@ -321,7 +306,7 @@ def become(hosts: JobHosts, index: int) -> None:
     if hosts.via == "off":
         return
     try:
-        _become(hosts.names[index], hosts.text, hosts.via)
+        _become(hosts.names[index], hosts.text, hosts.via, hosts.tag)
     except OSError as exc:
         raise HostsError(f"{hosts.names[index]}: {exc.strerror} (the probe had succeeded)") from None
 
@@ -355,24 +340,17 @@ class Keepers:
         if hosts.via == "off":
             return cls(hosts.names, "off", (), ())
         user_map = "root" if nestable else "self"
-        _load_libc()
         from .procs import set_pdeathsig  # imported here: a forked child must not import
 
         life_r, life_w = os.pipe()
         parent, pids = os.getpid(), []
         try:
-            for index, name in enumerate(hosts.names):
-                r, w = os.pipe()
-                pid = os.fork()
-                if pid == 0:
-                    os.close(r)
-                    _keeper(name, hosts, user_map, pids[0] if pids else None, parent, life_r, w, set_pdeathsig)
-                os.close(w)
+            for name in hosts.names:
+                join = pids[0] if pids else None  # in a user namespace, the first keeper's is the job's
+                pid, answer = _fork_and_ask(
+                    lambda w: _keeper(name, hosts, user_map, join, parent, life_r, w, set_pdeathsig),
+                    f"the keeper of {name}")
                 pids.append(pid)
-                try:
-                    answer = _read_answer(r, pid, f"the keeper of {name}")
-                finally:
-                    os.close(r)
                 if answer != "ok":
                     raise HostsError(f"the keeper of {name} could not set the node up: {answer.lstrip('!')}")
             inodes = tuple(os.stat(f"/proc/{pid}/ns/uts").st_ino for pid in pids)
@@ -421,7 +399,8 @@ class Keepers:
         return [self._nsenter, f"--target={pid}", *user, "--uts", "--mount", f"--wd={cwd or os.getcwd()}", "--"]
 
     def environ(self) -> dict[str, str]:
-        """What to export to the job's processes so that :meth:`from_environ` finds the keepers."""
+        """What to export to the job's processes so that :meth:`from_environ` finds the keepers:
+        ``via;userns-inode;node001=pid/uts-inode,...`` (spelled here and parsed just below)."""
         nodes = ",".join(f"{n}={p}/{i}" for n, p, i in zip(self.names, self.pids, self.inodes))
         return {KEEPERS_ENV: f"{self.via};{self.userns};{nodes}"}
 
@@ -466,7 +445,7 @@ def _keeper(name: str, hosts: JobHosts, user_map: str, join: int | None, parent:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the launcher, which closes the lifeline
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
-        _become(name, hosts.text, hosts.via, user_map, join)
+        _become(name, hosts.text, hosts.via, hosts.tag, user_map, join)
         os.chdir("/")
         os.write(w, b"ok")
         os.close(w)
