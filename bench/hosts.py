@@ -73,6 +73,25 @@ def _fork(then) -> None:
     os.waitpid(pid, 0)
 
 
+def _become_in_child(hosts: host.JobHosts) -> float:
+    """become() itself, timed inside a forked child (the fork and the wait are not counted)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            start = time.perf_counter()
+            host.become(hosts, 1)
+            os.write(w, repr(time.perf_counter() - start).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        return float(os.read(r, 64))
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+
+
 def _run(argv: list[str]) -> None:
     proc = procs.spawn(argv, dict(os.environ))
     proc.stdout.read()
@@ -90,6 +109,7 @@ def per_node_and_task(n: int, nodes: int) -> list[tuple[str, float]]:
         ("plan(): the probe (a fork that sets a node up), once per job", _timed(lambda: host.plan(NODES), n)),
         ("a bare fork + exit (reference)", _timed(lambda: _fork(lambda: None), n)),
         ("a fork that becomes a node + exit", _timed(lambda: _fork(lambda: host.become(hosts, 1)), n)),
+        ("become() itself, timed in the forked child", statistics.median(_become_in_child(hosts) for _ in range(n)) * 1e3),
         (f"keepers: start + close {nodes} nodes, per node",
          _timed(lambda: host.Keepers.start(many).close(), max(3, n // 10)) / nodes),
     ]

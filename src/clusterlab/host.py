@@ -250,7 +250,8 @@ def _probe(name: str, text: str, tag: str) -> tuple[str, str]:
         finally:
             os._exit(0)
 
-    pid, answer = _fork_and_ask(probe, "the namespace probe")
+    pid, r = _fork(probe)
+    answer = _answer(pid, r, "the namespace probe")
     _reap(pid, _WAIT)
     if not answer.startswith("!"):
         return answer, ""
@@ -259,9 +260,9 @@ def _probe(name: str, text: str, tag: str) -> tuple[str, str]:
     return "", f"the kernel refused the namespaces ({answer[1:]})"
 
 
-def _fork_and_ask(child, what: str) -> tuple[int, str]:
-    """Fork; ``child(w)`` runs in the child (and must ``_exit``) and writes one answer on
-    ``w``: return the child's pid and that answer, waiting at most :data:`_WAIT` seconds."""
+def _fork(child) -> tuple[int, int]:
+    """Fork; ``child(w)`` runs in the child (and must ``_exit``), writing one answer on ``w``.
+    Returns the child's pid and the read end, for :func:`_answer`."""
     _load_libc()  # in the parent: a forked child must not import
     r, w = os.pipe()
     pid = os.fork()
@@ -269,11 +270,16 @@ def _fork_and_ask(child, what: str) -> tuple[int, str]:
         os.close(r)
         child(w)
     os.close(w)
+    return pid, r
+
+
+def _answer(pid: int, r: int, what: str) -> str:
+    """The answer of the child ``pid`` on ``r`` (closed after), waiting at most :data:`_WAIT` seconds."""
     try:
         if not select.select([r], [], [], _WAIT)[0]:
             os.kill(pid, signal.SIGKILL)
             raise HostsError(f"{what} (pid {pid}) did not answer within {_WAIT:g}s; it was killed")
-        return pid, os.read(r, 4096).decode(errors="replace") or "!it exited without an answer"
+        return os.read(r, 4096).decode(errors="replace") or "!it exited without an answer"
     finally:
         os.close(r)
 
@@ -343,20 +349,26 @@ class Keepers:
         from .procs import set_pdeathsig  # imported here: a forked child must not import
 
         life_r, life_w = os.pipe()
-        parent, pids = os.getpid(), []
+        parent, pids, pending = os.getpid(), [], []
         try:
             for name in hosts.names:
                 join = pids[0] if pids else None  # in a user namespace, the first keeper's is the job's
-                pid, answer = _fork_and_ask(
-                    lambda w: _keeper(name, hosts, user_map, join, parent, life_r, w, set_pdeathsig),
-                    f"the keeper of {name}")
+                pid, r = _fork(lambda w: _keeper(name, hosts, user_map, join, parent, life_r, w, set_pdeathsig))
                 pids.append(pid)
-                if answer != "ok":
-                    raise HostsError(f"the keeper of {name} could not set the node up: {answer.lstrip('!')}")
+                pending.append((name, pid, r))
+                if len(pids) == 1 or name == hosts.names[-1]:  # the others are set up side by side
+                    while pending:
+                        name, pid, r = pending.pop(0)
+                        answer = _answer(pid, r, f"the keeper of {name}")
+                        if answer != "ok":
+                            raise HostsError(f"the keeper of {name} could not set the node up: "
+                                             f"{answer.lstrip('!')}")
             inodes = tuple(os.stat(f"/proc/{pid}/ns/uts").st_ino for pid in pids)
             userns = os.stat(f"/proc/{pids[0]}/ns/user").st_ino
         except BaseException:
             os.close(life_w)
+            for _, _, r in pending:
+                os.close(r)
             for pid in pids:
                 _reap(pid, _WAIT)
             raise
