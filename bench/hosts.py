@@ -9,9 +9,9 @@
    The target of issue 12: host mode within 2.5 x the floor.
 2. **per node and per task**, timed in this process (median of many):
    ``plan()`` (the forked probe); a fork whose child becomes a node against a bare
-   fork; keepers started and closed, per node; a task (``true``) spawned through
-   ``nsenter`` against the same task without it, both with procs.spawn's
-   ``setpriv --pdeathsig`` prefix.
+   fork, and ``become()`` timed inside the child; keepers started and closed, per
+   node; a task (``true``) spawned through ``nsenter`` against the same task without
+   it, both with procs.spawn's ``setpriv --pdeathsig`` prefix.
 
 Prints one Markdown table per figure; nothing is written to bench/results.
 """
@@ -109,7 +109,8 @@ def per_node_and_task(n: int, nodes: int) -> list[tuple[str, float]]:
         ("plan(): the probe (a fork that sets a node up), once per job", _timed(lambda: host.plan(NODES), n)),
         ("a bare fork + exit (reference)", _timed(lambda: _fork(lambda: None), n)),
         ("a fork that becomes a node + exit", _timed(lambda: _fork(lambda: host.become(hosts, 1)), n)),
-        ("become() itself, timed in the forked child", statistics.median(_become_in_child(hosts) for _ in range(n)) * 1e3),
+        ("become() itself, timed in the forked child",
+         statistics.median(_become_in_child(hosts) for _ in range(n)) * 1e3),
         (f"keepers: start + close {nodes} nodes, per node",
          _timed(lambda: host.Keepers.start(many).close(), max(3, n // 10)) / nodes),
     ]

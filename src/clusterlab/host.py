@@ -408,7 +408,8 @@ class Keepers:
             self._nsenter = shutil.which("nsenter", path=os.environ.get("PATH", os.defpath) + ":/usr/bin:/bin")
             if self._nsenter is None:
                 raise HostsError("nsenter (util-linux) is not installed; install util-linux, or use --hosts=off")
-        return [self._nsenter, f"--target={pid}", *user, "--uts", "--mount", f"--wd={cwd or os.getcwd()}", "--"]
+        wd = os.path.abspath(cwd or os.curdir)  # setns(CLONE_NEWNS) moves nsenter to "/": it must chdir back
+        return [self._nsenter, f"--target={pid}", *user, "--uts", "--mount", f"--wd={wd}", "--"]
 
     def environ(self) -> dict[str, str]:
         """What to export to the job's processes so that :meth:`from_environ` finds the keepers:
