@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE))
 from harness import PYTHON, floor, run_together, sweep  # noqa: E402
 
 from clusterlab import host, procs  # noqa: E402
+from clusterlab.keepers import Keepers  # noqa: E402
 
 NODES = ("node001", "node002")
 
@@ -112,9 +113,9 @@ def per_node_and_task(n: int, nodes: int) -> list[tuple[str, float]]:
         ("become() itself, timed in the forked child",
          statistics.median(_become_in_child(hosts) for _ in range(n)) * 1e3),
         (f"keepers: start + close {nodes} nodes, per node",
-         _timed(lambda: host.Keepers.start(many).close(), max(3, n // 10)) / nodes),
+         _timed(lambda: Keepers.start(many).close(), max(3, n // 10)) / nodes),
     ]
-    with host.Keepers.start(hosts) as keepers:
+    with Keepers.start(hosts) as keepers:
         enter = keepers.enter_argv(1)
         plain = _timed(lambda: _run(["true"]), n)
         rows += [("a task `true` through procs.spawn (reference)", plain),

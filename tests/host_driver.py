@@ -19,8 +19,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "src"))
 
-from clusterlab import host, procs  # noqa: E402
-from clusterlab.errors import UsageError  # noqa: E402
+from clusterlab import host, procs
+from clusterlab.errors import UsageError
+from clusterlab.keepers import Keepers
 
 
 def _env(index: int, name: str, extra: dict[str, str]) -> dict[str, str]:
@@ -55,7 +56,7 @@ def run_forked(hosts: host.JobHosts, cmd: list[str], cwd: str) -> int:
 
 def run_keepers(hosts: host.JobHosts, cmd: list[str], cwd: str, nestable: bool, hold: bool) -> int:
     """srun's shape: keepers hold the nodes; one process starts every task through nsenter."""
-    with host.Keepers.start(hosts, nestable=nestable) as keepers:
+    with Keepers.start(hosts, nestable=nestable) as keepers:
         extra = keepers.environ()
         if hold:
             print("KEEPERS", *keepers.pids, "INODES", *keepers.inodes, flush=True)

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import ROOT, free_port
 
 from clusterlab import host
 from clusterlab.errors import UsageError
-from helpers import ROOT, free_port
+from clusterlab.keepers import KEEPERS_ENV, Keepers
 
 LINUX = sys.platform.startswith("linux")
 ROOT_ONLY = pytest.mark.skipif(not LINUX or os.geteuid() != 0, reason="the privileged path needs root on Linux")
@@ -103,19 +104,19 @@ def test_mode_is_checked_and_off_changes_nothing():
         host.plan(NODES, "on")
     hosts = host.plan(NODES, "off")
     assert (hosts.via, hosts.note, str(hosts)) == ("off", "", "hosts: off")
-    keepers = host.Keepers.start(hosts)  # no process at all
+    keepers = Keepers.start(hosts)  # no process at all
     assert keepers.enter_argv(1) == [] and keepers.pids == ()
     keepers.close()
 
 
 def test_keepers_environ_round_trip():
-    keepers = host.Keepers(NODES, "userns", (101, 102), (4026531001, 4026531002), 4026531000)
-    again = host.Keepers.from_environ(keepers.environ())
+    keepers = Keepers(NODES, "userns", (101, 102), (4026531001, 4026531002), 4026531000)
+    again = Keepers.from_environ(keepers.environ())
     assert (again.names, again.via, again.pids, again.inodes, again.userns) == (
         NODES, "userns", (101, 102), (4026531001, 4026531002), 4026531000)
-    assert host.Keepers.from_environ({}) is None
+    assert Keepers.from_environ({}) is None
     with pytest.raises(host.HostsError, match="is malformed"):
-        host.Keepers.from_environ({host.KEEPERS_ENV: "root;1;node001=12"})
+        Keepers.from_environ({KEEPERS_ENV: "root;1;node001=12"})
 
 
 # ------------------------------------------------------------------ real processes
@@ -302,7 +303,8 @@ def test_tcp_by_name_and_own_addresses(kit):
 
 NESTED = r"""
 import os, subprocess, sys
-from clusterlab.host import HostsError, Keepers
+from clusterlab.host import HostsError
+from clusterlab.keepers import Keepers
 keepers = Keepers.from_environ()
 other = 1 - int(os.environ["NODE_INDEX"])
 if sys.argv[1:] == ["kill"] and other == 1:
@@ -367,7 +369,7 @@ def _hold(kit, who) -> tuple[subprocess.Popen, list[psutil.Process]]:
 def _namespaces_gone(launcher: int, keepers: list[psutil.Process]) -> None:
     """The keepers are gone and no process holds the job's mounts: its namespaces are freed.
     (Namespace inode numbers are reused by the kernel, so they cannot prove it.)"""
-    gone, alive = psutil.wait_procs(keepers, timeout=10)
+    _gone, alive = psutil.wait_procs(keepers, timeout=10)
     assert not alive, f"keepers still alive: {alive}"
     assert leftovers(launcher) == []
 
