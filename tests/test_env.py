@@ -1,5 +1,8 @@
 """The environment contract, against torchrun's documented variables and each launcher's names."""
 
+import os
+import re
+
 import pytest
 
 from clusterlab.env import read_env, worker_env
@@ -89,3 +92,36 @@ def test_slurm_names():
 def test_bad_environments_name_the_variable(env, message):
     with pytest.raises(UsageError, match=message.replace(".", r"\.").replace("(", r"\(")):
         read_env(env)
+
+
+def _deepspeed_ranks():
+    import json
+    from pathlib import Path
+
+    recorded = json.loads((Path(__file__).parent / "data" / "deepspeed_env_3_2.json").read_text())
+    return [r["env"] for r in recorded["ranks"]]
+
+
+@pytest.mark.parametrize("env", _deepspeed_ranks(), ids=lambda e: f"rank{e['RANK']}")
+def test_what_deepspeeds_launch_py_really_exports_is_read_as_deepspeed_means_it(env):
+    """The environments DeepSpeed 0.19.8's launch.py gave a 3+2 hostfile (tests/data, recorded from the
+    real launcher): LOCAL_RANK = RANK % LOCAL_SIZE, so ranks 3 and 4 read local ranks 1 and 0. Read as is,
+    not held to the even numbering DeepSpeed does not promise (issue 15: rank 4 was refused)."""
+    view = read_env(env)
+    assert view.launcher == "DeepSpeed"
+    assert (view.rank, view.local_rank, view.local_world_size) == (int(env["RANK"]), int(env["LOCAL_RANK"]),
+                                                                    int(env["LOCAL_SIZE"]))
+    assert (view.node_rank, view.nnodes, view.world_size) == (int(env["CROSS_RANK"]), 2, 5)
+
+
+def test_clusterlab_env_accepts_rank_4_of_a_3_plus_2_hostfile():
+    import subprocess
+    import sys
+
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")},
+           **_deepspeed_ranks()[4]}
+    res = subprocess.run([sys.executable, "-m", "clusterlab", "env"], env=env, capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert "launcher: DeepSpeed" in res.stdout
+    assert re.search(r"local_rank = 0 +<- LOCAL_RANK", res.stdout) and re.search(r"node_rank = 1 +<- CROSS_RANK", res.stdout)

@@ -217,8 +217,8 @@ def test_port_in_use_is_one_clear_line():
     "args, message",
     [
         (["simulate", "--nnodes", "0", HELLO], "nnodes=0 must be at least 1"),
-        (["simulate", "--nnodes", "1:4", HELLO], "elastic MIN:MAX range"),
-        (["simulate", "--nproc-per-node", "gpu", HELLO], "has no GPU"),
+        (["simulate", "--nnodes", "1:4", HELLO], "simulate starts every node itself, so it needs one number"),
+        (["simulate", "--nproc-per-node", "gpu", HELLO], "CUDA is not available here"),
         (["simulate", "--nproc-per-node", "x", HELLO], "--nproc-per-node='x' is not a number"),
         (["simulate", "missing_script.py"], "script 'missing_script.py' does not exist"),
         (["launch", "--nnodes", "2", "--node-rank", "2", HELLO], "--node-rank=2 is outside 0..1"),

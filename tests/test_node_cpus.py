@@ -43,7 +43,7 @@ def test_workers_run_on_their_nodes_cpus(tmp_path, share):
     if len(mine) < 2:
         pytest.skip("needs at least 2 CPUs")
     script = write(tmp_path / "probe.py", PROBE)
-    r = clusterlab("simulate", "--nnodes", "2", "--nproc-per-node", "2", *(["--share-cpus"] if share else []),
+    r = clusterlab("simulate", "-v", "--nnodes", "2", "--nproc-per-node", "2", *(["--share-cpus"] if share else []),
                    str(script))
     assert r.returncode == 0, r.stderr
     seen = {rank: json.loads(lines[0]) for rank, lines in rank_lines(r.stdout).items()}

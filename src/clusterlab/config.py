@@ -23,6 +23,10 @@ from .layout import ClusterLayout
 
 #: torchrun's default ``--master-port`` (and the port torch's TCPStore uses by default)
 DEFAULT_MASTER_PORT = 29500
+#: torch's default port of a c10d ``--rdzv-endpoint`` given without one (c10d_rendezvous_backend.DEFAULT_PORT)
+DEFAULT_C10D_PORT = 29400
+#: torchrun's rendezvous backends; clusterlab runs these two
+RDZV_BACKENDS = ("static", "c10d")
 #: the most nodes and workers one job may ask for: a fork per node and a process per rank must fit
 #: the machine (``--nnodes 100000`` would fork agents until fork fails)
 MAX_NNODES = 1024
@@ -33,15 +37,20 @@ _STREAMS = {0: frozenset(), 1: frozenset({"stdout"}), 2: frozenset({"stderr"}), 
 
 
 class AgentConfig(namedtuple("AgentConfig", "layout argv master_addr master_port run_id role max_restarts rdzv_timeout "
-                             "log_dir console_streams local_ranks_filter barrier_trace term_timeout heartbeat_timeout",
+                             "log_dir console_streams local_ranks_filter barrier_trace term_timeout heartbeat_timeout "
+                             "rdzv_backend rdzv_endpoint min_nodes last_call_timeout rdzv_is_host local_addr",
                              defaults=(
         "127.0.0.1", DEFAULT_MASTER_PORT, "none", "default", 0, 300.0, None, frozenset({"stdout", "stderr"}),
-        None, None, 5.0, 15.0))):
+        None, None, 5.0, 15.0, "static", "", None, 30.0, None, None))):
     """Everything an agent needs to know about its job, as one immutable value.
 
     ``layout`` and ``argv`` (the worker command) are required; the rest default
     as torchrun's flags do. A named tuple, not a dataclass: every launcher process
     builds one, and ``dataclasses`` (with ``inspect``) would cost each ~15 ms of imports.
+
+    With ``rdzv_backend="c10d"`` the node count is not known until the rendezvous
+    completes: ``layout.nnodes`` is then the most nodes the job accepts (``--nnodes
+    MIN:MAX``'s MAX) and :mod:`clusterlab.c10d` replaces it, with the master's address.
     """
 
     __slots__ = ()
@@ -59,6 +68,12 @@ class AgentConfig(namedtuple("AgentConfig", "layout argv master_addr master_port
     barrier_trace: str | None  # an absolute path: workers may run in another directory
     term_timeout: float  # seconds between SIGTERM and SIGKILL
     heartbeat_timeout: float  # a peer silent this long is lost (CLUSTERLAB_HEARTBEAT_TIMEOUT)
+    rdzv_backend: str  # "static" (node ranks given) or "c10d" (assigned when the rendezvous completes)
+    rdzv_endpoint: str  # c10d: HOST:PORT where the rendezvous is held
+    min_nodes: int | None  # c10d: the fewest nodes the job starts with (--nnodes MIN:MAX)
+    last_call_timeout: float  # c10d: once MIN nodes are in, how long to wait for more (--rdzv-conf)
+    rdzv_is_host: bool | None  # c10d: whether this node hosts the rendezvous (None: if the endpoint is local)
+    local_addr: str | None  # c10d: this node's address in the rendezvous (default: its FQDN)
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> argparse.Action:
@@ -72,18 +87,29 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> argparse.Acti
 def add_launch_args(parser: argparse.ArgumentParser, *, with_node_rank: bool) -> None:
     """The torchrun flags shared by ``launch`` and ``simulate``."""
     _flag(parser, "nnodes", default="1",
-          help="number of nodes, N (torchrun's MIN:MAX must have MIN == MAX) (default: 1)")
+          help="number of nodes, N, or MIN:MAX (c10d: start with MIN to MAX nodes; static: wait for MAX) (default: 1)")
     _flag(parser, "nproc-per-node", default="1",
-          help="workers per node: a number, or 'cpu'/'auto' for this machine's CPU count (default: 1)")
+          help="workers per node: a number, 'cpu' or 'auto' (this machine's CPU count), 'gpu' (none here) (default: 1)")
     if with_node_rank:
         _flag(parser, "node-rank", type=int, default=0,
-              help="this node's rank, 0..nnodes-1; 0 is the master (default: 0)")
+              help="this node's rank, 0..nnodes-1; 0 is the master; static rendezvous only (default: 0)")
         parser.add_argument("--standalone", action="store_true",
                             help="single-node job on a free local port (sets --nnodes 1, --master-port 0)")
+        _flag(parser, "rdzv-backend", default="static",
+              help="static (node ranks given, node 0 at --master-addr) or c10d (ranks assigned when the "
+              "nodes meet at --rdzv-endpoint) (default: static)")
+        _flag(parser, "rdzv-endpoint", default="",
+              help=f"c10d: HOST[:PORT] of the rendezvous; the node whose address it is hosts it (default port "
+              f"{DEFAULT_C10D_PORT})")
+        _flag(parser, "rdzv-conf", default="",
+              help="c10d: KEY=VALUE,... among join_timeout, last_call_timeout (default 30), is_host")
+        _flag(parser, "local-addr", default=None,
+              help="c10d: this node's address, which orders the nodes' ranks (default: its FQDN)")
     _flag(parser, "master-addr", default="127.0.0.1",
           help="address of node 0, where its agent listens (default: 127.0.0.1)")
-    _flag(parser, "master-port", type=int, default=DEFAULT_MASTER_PORT,
-          help=f"port of node 0's agent, then of torch's TCPStore; 0 picks a free one (default: {DEFAULT_MASTER_PORT})")
+    _flag(parser, "master-port", type=int, default=None,
+          help=f"port of node 0's agent, then of torch's TCPStore; 0 picks a free one (default: {DEFAULT_MASTER_PORT}; "
+          "a single-node job without it gets a free one, as under torchrun)")
     _flag(parser, "max-restarts", type=int, default=0,
           help="restart the whole world up to this many times on failure (default: 0)")
     parser.add_argument("--role", default="default", help="ROLE_NAME given to workers (default: default)")
@@ -116,20 +142,26 @@ def _int_flag(name: str, raw: str, fix: str) -> int:
         raise UsageError(f"{name}={raw!r} is not a number; {fix}") from None
 
 
-def _nnodes(raw: str) -> int:
-    lo, sep, hi = str(raw).partition(":")
-    if sep:
-        if lo != hi:
-            raise UsageError(f"--nnodes={raw} is an elastic MIN:MAX range; the lab runs fixed-size jobs: use --nnodes {hi}")
-        raw = lo
-    return _int_flag("--nnodes", raw, "use a number of nodes such as 2")
+def _nnodes(raw: str) -> tuple[int, int]:
+    """``--nnodes N`` or ``MIN:MAX`` -> ``(min, max)``, as torchrun's parse_min_max_nnodes reads it."""
+    parts = str(raw).split(":")
+    if len(parts) > 2:
+        raise UsageError(f"--nnodes={raw!r} is not N or MIN:MAX; use e.g. 2 or 1:4")
+    lo = _int_flag("--nnodes", parts[0], "use a number of nodes such as 2, or MIN:MAX such as 1:4")
+    hi = _int_flag("--nnodes", parts[-1], "use a number of nodes such as 2, or MIN:MAX such as 1:4")
+    if len(parts) == 1 and lo < 1:
+        raise UsageError(f"--nnodes={raw} must be at least 1")
+    if not 0 < lo <= hi:
+        raise UsageError(f"--nnodes={raw} needs 0 < MIN <= MAX; use e.g. 1:4")
+    return lo, hi
 
 
 def _nproc(raw: str) -> int:
     if raw in ("cpu", "auto"):
         return os.cpu_count() or 1
-    if raw == "gpu":
-        raise UsageError("--nproc-per-node=gpu: this machine has no GPU; give a number such as 4")
+    if raw == "gpu":  # torchrun: ValueError("Cuda is not available.")
+        raise UsageError("--nproc-per-node=gpu: CUDA is not available here (torchrun refuses it too); "
+                         "give a number such as 4, or 'cpu'")
     return _int_flag("--nproc-per-node", raw, "use a number such as 4, or 'cpu'")
 
 
@@ -162,6 +194,41 @@ def _check_host(addr: str) -> None:
                          "such as 127.0.0.1 or a name whose parts have at most 63 characters") from None
 
 
+def _rdzv_conf(raw: str) -> dict[str, str]:
+    """``join_timeout=60,last_call_timeout=5`` -> a dict (torchrun's _parse_rendezvous_config)."""
+    conf: dict[str, str] = {}
+    for item in filter(None, (x.strip() for x in raw.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"--rdzv-conf item {item!r} is not KEY=VALUE; write e.g. last_call_timeout=5")
+        conf[key.strip()] = value.strip()
+    return conf
+
+
+def _seconds(conf: dict[str, str], key: str, default: float) -> float:
+    raw = conf.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise UsageError(f"--rdzv-conf {key}={raw!r} must be a positive number of seconds")
+    return value
+
+
+def _is_host(conf: dict[str, str]) -> bool | None:
+    raw = conf.get("is_host")
+    if raw is None:
+        return None
+    if raw.lower() in ("1", "true", "t", "yes", "y"):  # torch's RendezvousParameters.get_as_bool
+        return True
+    if raw.lower() in ("0", "false", "f", "no", "n"):
+        return False
+    raise UsageError(f"--rdzv-conf is_host={raw!r} is not a boolean; use true or false")
+
+
 def _heartbeat_timeout(env) -> float:
     raw = env.get("CLUSTERLAB_HEARTBEAT_TIMEOUT", "15")
     try:
@@ -177,13 +244,35 @@ def config_from_args(args: argparse.Namespace, env=None) -> AgentConfig:
     """Check the flags (and the environment the launcher reads) and freeze them into an :class:`AgentConfig`."""
     env = os.environ if env is None else env
     standalone = getattr(args, "standalone", False)
-    layout = _layout(1 if standalone else _nnodes(args.nnodes), _nproc(args.nproc_per_node))
-    master_port = 0 if standalone else args.master_port
+    backend = getattr(args, "rdzv_backend", "static")
+    if backend not in RDZV_BACKENDS:
+        raise UsageError(f"--rdzv-backend={backend!r} is not simulated; use static or c10d (torchrun's etcd "
+                         "backends need an etcd server)")
+    min_nodes, max_nodes = (1, 1) if standalone else _nnodes(args.nnodes)
+    if min_nodes != max_nodes and not hasattr(args, "rdzv_backend"):  # (simulate has no rendezvous flags)
+        raise UsageError(f"--nnodes={args.nnodes}: simulate starts every node itself, so it needs one number, "
+                         f"e.g. --nnodes {max_nodes}")
+    layout = _layout(max_nodes, _nproc(args.nproc_per_node))  # static: torch's StaticTCPRendezvous waits for MAX
+    conf = _rdzv_conf(getattr(args, "rdzv_conf", ""))
+    endpoint = getattr(args, "rdzv_endpoint", "")
+    if backend == "c10d":
+        host, _, port = endpoint.rpartition(":") if endpoint.count(":") == 1 else (endpoint, "", "")
+        if not (host or endpoint):
+            raise UsageError("--rdzv-backend=c10d needs --rdzv-endpoint HOST[:PORT], e.g. --rdzv-endpoint node001:29400")
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise UsageError(f"--rdzv-endpoint={endpoint!r}: {port!r} is not a TCP port; write HOST:PORT, e.g. node001:29400")
+        _check_host(host or endpoint)
+    master_port = args.master_port
+    if standalone or (master_port is None and backend == "static" and max_nodes == 1 and not endpoint):
+        master_port = 0  # torchrun: a single node without --master-port meets on a free port (c10d at localhost:0)
+    elif master_port is None:
+        master_port = DEFAULT_MASTER_PORT
     if not 0 <= master_port <= 65535:
         raise UsageError(f"--master-port={master_port} is not a TCP port; use 1-65535 (or 0 for a free one)")
     if args.max_restarts < 0:
         raise UsageError(f"--max-restarts={args.max_restarts} must be 0 or more")
-    if not args.rdzv_timeout > 0:
+    rdzv_timeout = _seconds(conf, "join_timeout", args.rdzv_timeout) if "join_timeout" in conf else args.rdzv_timeout
+    if not rdzv_timeout > 0:
         raise UsageError(f"--rdzv-timeout={args.rdzv_timeout} must be a positive number of seconds")
     if not 0 <= args.term_timeout < float("inf"):  # nan would mean: never SIGKILL a worker that ignores SIGTERM
         raise UsageError(f"--term-timeout={args.term_timeout} must be 0 or more seconds (a finite number)")
@@ -225,16 +314,22 @@ def config_from_args(args: argparse.Namespace, env=None) -> AgentConfig:
         master_addr = resolve_simulated(master_addr)
     return AgentConfig(
         layout=layout, argv=tuple(argv), master_addr=master_addr, master_port=master_port,
-        run_id=args.rdzv_id, role=args.role, max_restarts=args.max_restarts, rdzv_timeout=args.rdzv_timeout,
+        run_id=args.rdzv_id, role=args.role, max_restarts=args.max_restarts, rdzv_timeout=rdzv_timeout,
         log_dir=args.log_dir, console_streams=frozenset({"stdout", "stderr"}) - redirected,
         local_ranks_filter=ranks_filter,
         barrier_trace=os.path.abspath(args.barrier_trace) if args.barrier_trace else None,
         term_timeout=args.term_timeout, heartbeat_timeout=_heartbeat_timeout(env),
+        rdzv_backend=backend, rdzv_endpoint=endpoint, min_nodes=min_nodes,
+        last_call_timeout=_seconds(conf, "last_call_timeout", 30.0), rdzv_is_host=_is_host(conf),
+        local_addr=getattr(args, "local_addr", None),
     )
 
 
 def node_rank_from_args(args: argparse.Namespace, config: AgentConfig) -> int:
-    """``--node-rank``, checked against the layout already built from ``--nnodes``."""
+    """``--node-rank``, checked against the layout already built from ``--nnodes`` (c10d: ignored,
+    as torchrun ignores it: the rendezvous assigns node ranks)."""
+    if config.rdzv_backend == "c10d":
+        return -1
     nnodes = config.layout.nnodes
     if not 0 <= args.node_rank < nnodes:
         raise UsageError(f"--node-rank={args.node_rank} is outside 0..{nnodes - 1} for --nnodes {nnodes}")

@@ -53,6 +53,8 @@ frame ``t``   from -> to         fields
 ``hello``     node -> master     version, run_id, node_rank, nnodes, nproc_per_node, host
 ``welcome``   master -> node     hosts (every node's host name, by node rank)
 ``refuse``    master -> node     reason
+``join``      node -> c10d host  run_id, nproc_per_node, nnodes [min, max], addr, pid, port (:mod:`clusterlab.c10d`)
+``assign``    c10d host -> node  node_rank, nnodes, master [addr, port]
 ``hb``        both ways          (a heartbeat: nothing)
 ``arrive``    node -> master     attempt, barrier: [seq, name, timeout] + ranks | items: [[rank, seq, name, timeout, data], ...]
 ``result``    master -> node     attempt, seq, data | error + ranks
@@ -191,6 +193,17 @@ def welcome(hosts: list[str]) -> dict:
 
 def refuse(reason: str) -> dict:
     return {"t": "refuse", "reason": reason}
+
+
+def join(run_id: str, nproc_per_node: int, nnodes: list, addr: str, pid: int, port: int) -> dict:
+    """A node's request to join a c10d rendezvous: its descriptor (addr, pid) and its agent's port."""
+    return {"t": "join", "version": PROTOCOL_VERSION, "run_id": run_id, "nproc_per_node": nproc_per_node,
+            "nnodes": nnodes, "addr": addr, "pid": pid, "port": port}
+
+
+def assign(node_rank: int, nnodes: int, master_addr: str, master_port: int) -> dict:
+    """The c10d host's answer once the rendezvous completes: this node's rank, and where node 0 is."""
+    return {"t": "assign", "node_rank": node_rank, "nnodes": nnodes, "master": [master_addr, master_port]}
 
 
 HEARTBEAT = {"t": "hb"}

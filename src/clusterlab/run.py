@@ -67,7 +67,10 @@ each worker's raw output also goes to
 - Node 0's agent listens on ``MASTER_ADDR:MASTER_PORT`` only until every node has
   joined, then closes the listening socket, so that torch's rank 0 can host its
   TCPStore on the same port (``init_process_group("gloo")`` with ``env://``).
-- ``--nnodes MIN:MAX`` elastic ranges are not simulated: give one number.
+- ``--rdzv-backend c10d --rdzv-endpoint HOST:PORT`` (torchrun's dynamic rendezvous):
+  the same command on every node; ranks are assigned when the nodes have met,
+  ``--nnodes MIN:MAX`` starts with MIN to MAX nodes (:mod:`clusterlab.c10d`). It is one
+  round: a failed node is not replaced by a new one.
 """
 
 from __future__ import annotations
@@ -85,21 +88,26 @@ from .output import log
 from .rendezvous import listen
 
 
-def _bind_free(addr: str, port: int) -> socket.socket:
-    """Bind node 0's listener before any agent starts, so ``--master-port 0`` can be resolved."""
-    return listen(addr, port)
-
-
 def launch(config: AgentConfig, node_rank: int) -> int:
     """Run one node's agent (``clusterlab launch``), supervised by this process.
 
+    With ``--rdzv-backend c10d`` this process first meets the other nodes
+    (:mod:`clusterlab.c10d`), which decides this node's rank and where node 0 is.
     The agent is forked, as under ``simulate``, so that something outlives it: if it
     is SIGKILLed, its workers die with it (``PR_SET_PDEATHSIG``) and this process,
     their nearest subreaper, sweeps what they started in sessions of their own.
     """
     listener = None
-    if node_rank == 0:  # bound here, before the fork: a port in use is this command's one-line error
-        listener = _bind_free(config.master_addr, config.master_port)
+    if config.rdzv_backend == "c10d":
+        from .c10d import RendezvousFailed, rendezvous
+
+        try:
+            config, node_rank, listener = rendezvous(config, log)
+        except RendezvousFailed as exc:
+            log(str(exc))
+            return 1
+    elif node_rank == 0:  # bound here, before the fork: a port in use is this command's one-line error
+        listener = listen(config.master_addr, config.master_port)
         config = config._replace(master_port=listener.getsockname()[1])
     # Under (simulated) Slurm, name the node as Slurm does, so summaries say node002, not this host.
     hostname = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
@@ -114,15 +122,22 @@ def split_cpus(nnodes: int, cpus: list[int]) -> list[list[int]] | None:
     return [[c for i, c in enumerate(cpus) if i * nnodes // len(cpus) == node] for node in range(nnodes)]
 
 
-def simulate(config: AgentConfig, quiet: bool = False, share_cpus: bool = False) -> int:
+def simulate(config: AgentConfig, share_cpus: bool = False, hosts: str = "auto", verbose: bool = False) -> int:
     """Run every node's agent as its own process on this machine (``clusterlab simulate``).
 
     The agents are forked from this process, named ``node0``, ``node1``, ... and
     meet over real TCP at ``MASTER_ADDR:MASTER_PORT`` like agents on separate
-    hosts. This process only supervises: it forwards SIGINT/SIGTERM, reaps the
-    agents and returns the job's exit status.
+    hosts. With ``hosts`` (``auto``: where the kernel allows it) each agent first
+    becomes its node - its own host name and the job's ``/etc/hosts``
+    (:mod:`clusterlab.host`) - and everything it starts inherits that. This process
+    only supervises: it forwards SIGINT/SIGTERM, reaps the agents and returns the
+    job's exit status.
     """
-    listener = _bind_free(config.master_addr, config.master_port)
+    from . import host
+
+    names = [f"node{node}" for node in range(config.layout.nnodes)]
+    job_hosts = host.plan(names, host.check_mode(hosts))
+    listener = listen(config.master_addr, config.master_port)
     config = config._replace(master_port=listener.getsockname()[1])
     # Real nodes do not share CPUs: each simulated node (its agent and workers) gets its own
     # share of this machine's, when there are enough. It also keeps a node's wake-ups on its
@@ -130,22 +145,26 @@ def simulate(config: AgentConfig, quiet: bool = False, share_cpus: bool = False)
     shares = None
     if not share_cpus and hasattr(os, "sched_setaffinity"):
         shares = split_cpus(config.layout.nnodes, sorted(os.sched_getaffinity(0)))
-    if not quiet:
-        where = ""
-        if shares:
-            sizes = sorted({len(s) for s in shares})
-            where = f"; each node on its own {'-'.join(map(str, sizes))} of the {sum(map(len, shares))} CPUs"
-        log(f"simulating {config.layout} on this machine; master node0 at {config.master_addr}:{config.master_port}{where}")
-    return _supervise(config, {node: f"node{node}" for node in range(config.layout.nnodes)}, listener, shares,
-                      "simulate")
+    layout = config.layout
+    log(f"simulate: {layout.nnodes} nodes x {layout.nproc_per_node} = {layout.world_size} ranks, "
+        f"master {config.master_addr}:{config.master_port}, {job_hosts}")
+    if job_hosts.note:
+        log(job_hosts.note)
+    if verbose and shares:
+        sizes = sorted({len(s) for s in shares})
+        log(f"each node on its own {'-'.join(map(str, sizes))} of the {sum(map(len, shares))} CPUs "
+            "(--share-cpus: all of them)")
+    return _supervise(config, dict(enumerate(names)), listener, shares, "simulate", job_hosts)
 
 
-def _supervise(config: AgentConfig, nodes: dict[int, str], listener, shares, command: str) -> int:
+def _supervise(config: AgentConfig, nodes: dict[int, str], listener, shares, command: str, hosts=None) -> int:
     """Fork one agent per entry of ``nodes`` (node rank -> host name), wait for them all,
     and return the job's exit status; this process forwards signals and sweeps orphans.
 
-    ``listener`` is node 0's bound socket (or None); ``shares`` each node's CPUs (or None).
+    ``listener`` is node 0's bound socket (or None); ``shares`` each node's CPUs (or None);
+    ``hosts`` the job's :class:`~clusterlab.host.JobHosts`, which each agent becomes (or None).
     """
+    from . import host
     from .procs import descendants, describe_exit, set_subreaper, setpriv_prefix, sweep
 
     setpriv_prefix()  # look setpriv up once here, not once in each forked agent
@@ -181,6 +200,8 @@ def _supervise(config: AgentConfig, nodes: dict[int, str], listener, shares, com
                 code = 1
                 try:
                     os.close(hold)
+                    if hosts is not None:
+                        host.become(hosts, node)  # first: all the node starts inherits its name and /etc/hosts
                     if shares:
                         os.sched_setaffinity(0, shares[node])  # the workers inherit it
                     if node and listener is not None:
@@ -188,6 +209,9 @@ def _supervise(config: AgentConfig, nodes: dict[int, str], listener, shares, com
                     agent = NodeAgent(config, node, hostname=hostname, listener=listener if node == 0 else None,
                                       print_summary=node == 0 or command == "launch", lifeline=lifeline)
                     code = agent.run()
+                except host.HostsError as exc:
+                    log(f"node{node}: {exc}")
+                    code = 1
                 except UsageError as exc:
                     if command == "launch":  # as the command itself would say it
                         print(f"clusterlab launch: error: {exc}", file=sys.stderr, flush=True)
@@ -245,7 +269,12 @@ def register(sub) -> None:
     s.add_argument("--share-cpus", action="store_true",
                    help="let every node's workers run on all of this machine's CPUs (default: with at least as "
                    "many CPUs as nodes, each node gets its own share, as real nodes have their own)")
-    s.set_defaults(func=lambda a: simulate(config_from_args(a), share_cpus=a.share_cpus))
+    s.add_argument("--hosts", default="auto", choices=["auto", "namespaces", "off"],
+                   help="make each simulated node a host - its own host name and the job's /etc/hosts, in Linux "
+                   "namespaces: auto (where the kernel allows it), namespaces (or fail), off (default: auto)")
+    s.add_argument("-v", "--verbose", action="store_true", help="say more at start (how the CPUs are shared)")
+    s.set_defaults(func=lambda a: simulate(config_from_args(a), share_cpus=a.share_cpus, hosts=a.hosts,
+                                           verbose=a.verbose))
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
