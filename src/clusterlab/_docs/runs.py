@@ -15,10 +15,11 @@ Three rules keep a broken lab from publishing a broken page, and a page honest:
 * an exit status other than ``expect`` raises (pages that show a failure on
   purpose pass the status they expect, and usually ``.expect_text(...)`` the
   lines that prove it);
-* the command shown is the command that ran, in a fresh working directory that
-  sees the project's files under their usual names: ``--log-dir logs`` on a page
-  works when pasted at the repository root, and the files a run wrote come back
-  in :attr:`Run.files` (no scratch path ever reaches a page).
+* the command shown is the command that ran, from the repository root, so it
+  works when pasted there. A run whose files the page reads (``--log-dir logs``,
+  ``--barrier-trace trace.jsonl``) passes ``files=True``: it runs in a fresh
+  directory that sees the project's files under their usual names (symlinks), and
+  what it wrote comes back in :attr:`Run.files`. No scratch path reaches a page.
 
 markdown-exec turns the exception into a build warning, and ``mkdocs build
 --strict`` turns the warning into a failed build. Finished runs are cached, keyed
@@ -267,10 +268,10 @@ def _spelled(value) -> str:
     return "<free port>" if value is FREE_PORT else value
 
 
-def _execute(argvs: list[list], env: dict | None, timeout: float) -> list[Run]:
-    """Start every command at once in one fresh working directory, wait for all, collect their files."""
+def _execute(argvs: list[list], env: dict | None, timeout: float, files: bool) -> list[Run]:
+    """Start every command at once (from the root, or with ``files`` in a fresh directory), wait for all."""
     port = str(free_port())
-    workdir = _workdir()
+    workdir = _workdir() if files else ROOT
     procs = []
     try:
         started = time.monotonic()
@@ -279,26 +280,27 @@ def _execute(argvs: list[list], env: dict | None, timeout: float) -> list[Run]:
             shown = _shown(real_argv, real_env)
             procs.append((shown, _start(real_argv, real_env, workdir)))
         finished = [_finish(p, shown, started, started + timeout) for shown, p in procs]
-        files = _written(workdir)
+        written = _written(workdir) if files else {}
     finally:
         for _, p in procs:
             if p.poll() is None:
                 _kill_tree(p.pid)
                 p.communicate()
-        shutil.rmtree(workdir, ignore_errors=True)
-    return [Run(shown, code, out, seconds, files) for (shown, _), (out, code, seconds) in zip(procs, finished)]
+        if files:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return [Run(shown, code, out, seconds, written) for (shown, _), (out, code, seconds) in zip(procs, finished)]
 
 
-def _go(argvs: list[list], env: dict | None, expect: int, timeout: float) -> list[Run]:
+def _go(argvs: list[list], env: dict | None, expect: int, timeout: float, files: bool = False) -> list[Run]:
     """Take the runs from the cache, or execute them; check their exit status either way."""
     recipe = {"argvs": [[_spelled(a) for a in argv] for argv in argvs],
-              "env": {k: _spelled(v) for k, v in (env or {}).items()}}
+              "env": {k: _spelled(v) for k, v in (env or {}).items()}, "files": files}
     digest = cache.key(recipe, ROOT)
     entry = cache.load(ROOT, digest)
     if entry is not None:
         cache.STATS.hits += 1
         return _checked([Run(**r) for r in entry["runs"]], expect)
-    runs = _execute(argvs, env, timeout)
+    runs = _execute(argvs, env, timeout, files)
     cache.STATS.executed.append((" & ".join(r.shown for r in runs), max(r.seconds for r in runs)))
     _checked(runs, expect)  # only a run that did what the page expects is kept
     if cache.key(recipe, ROOT) == digest:  # nothing it depends on changed while it ran
@@ -313,14 +315,17 @@ def _checked(runs: list[Run], expect: int) -> list[Run]:
     return runs
 
 
-def command(*argv, expect: int = 0, timeout: float = 120, env: dict | None = None) -> Run:
-    """Run ``argv`` (``python`` and ``clusterlab`` mean this build's) in a fresh copy of the project's view."""
-    return _go([list(argv)], env, expect, timeout)[0]
+def command(*argv, expect: int = 0, timeout: float = 120, env: dict | None = None, files: bool = False) -> Run:
+    """Run ``argv`` from the repository root (``python`` and ``clusterlab`` mean this build's).
+
+    ``files=True``: in a fresh directory instead, keeping what the command wrote in ``Run.files``.
+    """
+    return _go([list(argv)], env, expect, timeout, files)[0]
 
 
-def run(*args, expect: int = 0, timeout: float = 120, env: dict | None = None) -> Run:
+def run(*args, expect: int = 0, timeout: float = 120, env: dict | None = None, files: bool = False) -> Run:
     """Run ``clusterlab *args``."""
-    return command("clusterlab", *args, expect=expect, timeout=timeout, env=env)
+    return command("clusterlab", *args, expect=expect, timeout=timeout, env=env, files=files)
 
 
 def together(*argvs: list, expect: int = 0, timeout: float = 120) -> list[Run]:
