@@ -89,13 +89,19 @@ def _files_under(directory: Path) -> list[Path]:
 _DOCS_EXECUTOR = ("runs.py",)
 
 
-def source_digest() -> str:
+_source: list[str] = []  # this build's source digest, once read
+
+
+def source_digest(fresh: bool = False) -> str:
     """One digest of every file of the clusterlab package that a run can depend on.
 
     That is all of it (``__pycache__`` aside) except the site's own helpers in
     ``_docs/``, which no command imports, other than the one that runs commands.
+    Read once per build (:func:`forget`), or afresh with ``fresh``.
     """
-    return package_digest(lambda p: p.parent.name != "_docs" or p.name in _DOCS_EXECUTOR)
+    if fresh or not _source:
+        _source[:] = [package_digest(lambda p: p.parent.name != "_docs" or p.name in _DOCS_EXECUTOR)]
+    return _source[0]
 
 
 def package_digest(include=lambda path: True) -> str:
@@ -108,8 +114,9 @@ _environments: dict[tuple[str, ...], dict] = {}
 
 
 def forget() -> None:
-    """Forget what was read of the environment: the MkDocs hooks call it before every build."""
+    """Forget what was read of the environment and the source: the MkDocs hooks call it before every build."""
     _environments.clear()
+    _source.clear()
 
 
 def environment(distributions: tuple[str, ...] = DISTRIBUTIONS) -> dict:
@@ -192,14 +199,18 @@ def _mentions(path: Path) -> list[str]:
     return _file_mentions[key]
 
 
-def key(recipe: dict, root: Path) -> str:
-    """The cache key of a run described by ``recipe`` (its commands and variables, JSON-able)."""
+def key(recipe: dict, root: Path, fresh: bool = False) -> str:
+    """The cache key of a run described by ``recipe`` (its commands and variables, JSON-able).
+
+    ``fresh`` reads clusterlab's source again rather than this build's first reading
+    (to see whether it changed while a run ran).
+    """
     words = [w for argv in recipe["argvs"] for w in argv] + list(recipe.get("env", {}).values())
     material = {
         "format": FORMAT,
         "recipe": recipe,
         "files": mentioned_files(root, words),
-        "clusterlab": source_digest(),
+        "clusterlab": source_digest(fresh),
         "environment": environment(),
     }
     return _digest(json.dumps(material, sort_keys=True).encode())

@@ -303,7 +303,7 @@ def _go(argvs: list[list], env: dict | None, expect: int, timeout: float, files:
     runs = _execute(argvs, env, timeout, files)
     cache.STATS.executed.append((" & ".join(r.shown for r in runs), max(r.seconds for r in runs)))
     _checked(runs, expect)  # only a run that did what the page expects is kept
-    if cache.key(recipe, ROOT) == digest:  # nothing it depends on changed while it ran
+    if cache.key(recipe, ROOT, fresh=True) == digest:  # nothing it depends on changed while it ran
         cache.store(ROOT, digest, {"runs": [asdict(r) for r in runs]})
     return runs
 
