@@ -123,3 +123,20 @@ def test_a_short_log_is_shown_whole_and_a_long_one_folded():
     assert long.count("[exit status 1]") == 2  # under the excerpt and under the whole log
     body = long.split("???", 1)[1]
     assert all(f"l{i}" in body for i in range(40))
+
+
+def test_a_pages_run_keeps_stdout_and_stderr_in_the_order_they_were_written(monkeypatch):
+    """One pipe for both streams, unbuffered: the launcher's stderr lines stay where they were printed.
+
+    (Part 5's own helper captured the two streams apart and printed stdout, then stderr, which put
+    the launcher's opening lines after the [check] lines.)
+    """
+    from clusterlab._docs import command
+
+    monkeypatch.setenv("CLUSTERLAB_DOCS_CACHE", "off")
+    script = ("import sys\n"
+              "for i in range(20):\n"
+              "    print(f'out {i}')\n"
+              "    print(f'err {i}', file=sys.stderr)\n")
+    result = command("python", "-c", script, timeout=60)
+    assert result.lines == [f"{stream} {i}" for i in range(20) for stream in ("out", "err")]
