@@ -132,3 +132,28 @@ def test_code_copy_button_copies_the_log(page, base_url):
         return [line for line in text.splitlines() if line.strip()]
 
     assert lines(copied) == lines(block.locator("code").inner_text())
+
+
+def test_an_exercise_folds_its_hint_and_solution_until_asked(page, base_url):
+    page.goto(f"{base_url}/part3-barriers/")
+    exercise = page.locator("div.admonition.exercise").first
+    exercise.scroll_into_view_if_needed()
+    assert exercise.locator(".admonition-title").inner_text().startswith("Exercise: ")
+    assert "clusterlab exercise check barrier-checkpoint" in exercise.inner_text()
+    solution = exercise.locator("details.success")
+    assert solution.get_attribute("open") is None  # folded: the reader tries first
+    assert not solution.locator("code", has_text="clusterlab.barrier(").first.is_visible()
+    solution.locator("summary").click()
+    solution.locator("code", has_text="clusterlab.barrier(").first.wait_for(state="visible", timeout=10_000)
+    assert "PASSED" in solution.inner_text()
+    shot(page, "part3-exercise-solution")
+
+
+def test_the_lab_navigation_runs_through_debugging_before_the_real_cluster(page, base_url):
+    page.goto(f"{base_url}/failures/")
+    # Material's "next page" link in the footer
+    following = page.locator("a.md-footer__link--next")
+    assert "Debugging a multi-node job" in following.inner_text()
+    following.click()
+    page.wait_for_url(f"{base_url}/debugging/", timeout=10_000)
+    assert "From the lab to a real cluster" in page.locator("a.md-footer__link--next").inner_text()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import functools
 import html
-import importlib.util
 import os
 import re
 import shutil
@@ -73,6 +72,9 @@ def built() -> Build:
 
 
 LAB_PAGES = ("part1-environment", "part2-two-nodes", "part3-barriers", "failures", "real-cluster")
+#: Every page of the course, in the reader's order; each ends with exercises.
+COURSE = ("part1-environment", "part2-two-nodes", "part3-barriers", "part4-slurm", "part5-deepspeed", "failures",
+          "debugging", "real-cluster")
 
 
 def tag(rank: int, nproc: int = 4) -> str:
@@ -88,7 +90,14 @@ def test_strict_build_has_no_warnings(built):
 
 
 def test_no_page_shows_a_traceback(built):
-    pages = [p for p in built.site.rglob("*.html") if "Traceback (most recent call last)" in p.read_text("utf-8")]
+    """No block of the build failed. A worker's traceback a page shows on purpose (the debugging page's
+    torch errors) is a line of the job's log, behind its rank's tag; a failed block's is not."""
+    def failed(path):
+        text = html.unescape(re.sub(r"<[^>]+>", "", path.read_text("utf-8")))
+        return re.search(r"^(?!\[node\d+ rank\d+ local\d+\] |\[clusterlab\] ).*Traceback \(most recent call last\)",
+                         text, re.M)
+
+    pages = [p for p in built.site.rglob("*.html") if failed(p)]
     assert pages == []
 
 
@@ -133,16 +142,20 @@ def test_failures_page_shows_the_crash_summary_and_a_restart(built):
         assert f"{tag(rank)} attempt 1: done" in text
 
 
-def test_real_cluster_page_runs_the_same_worker_under_clusterlab_and_torchrun(built):
+def test_real_cluster_page_runs_torch_under_clusterlab_torchrun_and_srun(built):
     text = built.text("real-cluster")
     assert f"{tag(3, 2)} I am rank 3/4" in text
     for rank in range(4):  # clusterlab srun --label: the task id (SLURM_PROCID) is the rank
         node, local = divmod(rank, 2)
         assert f"{rank}: I am rank {rank}/4 node {node}/2 local {local}/2" in text
-    if importlib.util.find_spec("torch"):
-        assert "(from torchrun)" in text and "all_reduce(rank) = 1 (expected 1)" in text
-    else:
-        assert "Skipped: torch is not installed" in text
+        assert f"{rank}: all_reduce(rank) = 6 (expected 6)" in text  # srun: 0 + 1 + 2 + 3
+        assert f"{tag(rank, 2)} all_reduce(rank) = 6 (expected 6)" in text  # clusterlab simulate
+    assert "(from torchrun)" in text and "all_reduce(rank) = 1 (expected 1)" in text  # torchrun, 2 ranks
+    assert "Skipped" not in text
+    # its batch script has no fixed port, and says so with the linter
+    assert "MASTER_PORT=29500" not in text and "examples/portable_worker.sbatch: no problems found" in text
+    # srun does not cancel the step when a task crashes, unless -K
+    assert "the step is cancelled" not in text and "KillOnBadExit=0" in text
 
 
 def test_pages_show_the_code_they_run(built):
@@ -180,3 +193,80 @@ def test_notebook_outputs_are_present(built):
 def test_every_lab_page_has_rank_log_lines(built):
     for name in LAB_PAGES:
         assert re.search(r"\[node\d rank\d local\d\]", built.text(name)), name
+
+
+def test_every_course_page_ends_with_at_least_two_exercises(built):
+    from clusterlab.exercise.catalog import on_page
+
+    for name in COURSE:
+        page = built.page(name)
+        count = page.count('class="admonition exercise"')
+        assert count == len(on_page(f"{name}.md")) >= 2, name
+        assert 'id="exercises"' in page, name
+        text = built.text(name)
+        for exercise in on_page(f"{name}.md"):
+            assert f"clusterlab exercise check {exercise.id}" in text
+            # the solution is shown with what the checker said about it, live
+            assert f"$ clusterlab exercise check {exercise.id}" in text and f"attempt:  {exercise.solution}" in text
+        assert text.count("PASSED: all") == count, name
+
+
+def test_the_exercises_index_lists_every_exercise(built):
+    from clusterlab.exercise.catalog import all_exercises
+
+    text = built.text("exercises")
+    for exercise in all_exercises():
+        assert exercise.id in text and exercise.task.replace("`", "") in text
+
+
+def test_debugging_page_explains_first_failure_and_culprit_with_torch_live(built):
+    text = built.text("debugging")
+    assert "rank 6 on node1 never arrived" in text and "root cause (first observed failure)" in text
+    assert "It is never rank 6." in text
+    assert "Is there a distributed collective mismatch in your code?" in text  # gloo, without DETAIL
+    assert "Detected mismatch between collectives on ranks" in text  # with TORCH_DISTRIBUTED_DEBUG=DETAIL
+    assert "TensorShape=[4]" in text and "TensorShape=[6]" in text
+    assert "examples/debugging/requeue.sbatch: no problems found" in text
+    assert "[signal-without-b]" in text
+
+
+def test_no_page_shows_a_scratch_path(built):
+    """A command a page shows works when pasted at the repository root: no build directory in it."""
+    for path in built.site.rglob("*.html"):
+        html_text = path.read_text("utf-8")
+        for scratch in ("docs-runs", "clusterlab-exercise-", "docs-cache"):
+            assert scratch not in html_text, (path, scratch)
+
+
+def test_home_page_says_linux_only(built):
+    text = built.text("")
+    assert "macOS" not in text and "Linux" in text
+
+
+def test_long_logs_are_folded_behind_an_excerpt(built):
+    """A long log shows an excerpt with its gaps counted, and the whole log in a collapsed block."""
+    page = built.page("failures")
+    assert "lines not shown: the whole log is below" in page
+    assert re.search(r'<details class="abstract">\s*<summary>The whole output \(\d+ lines\)</summary>', page)
+
+
+def test_navigation_runs_through_the_course_then_reference_then_contributors():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("tag:yaml.org,2002:python/name:", lambda loader, suffix, node: suffix)
+    nav = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=Loader)["nav"]
+    sections = [next(iter(item)) for item in nav]
+    assert sections == ["Home", "The lab", "Reference", "For contributors"]
+
+    def files(entries):
+        for entry in entries:
+            value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+            yield from files(value) if isinstance(value, list) else [value]
+
+    lab = [f.removesuffix(".md") for f in files(nav[1]["The lab"]) if f.endswith(".md")]
+    assert lab == list(COURSE)
+    contributors = list(files(nav[3]["For contributors"]))
+    assert contributors == ["guarantees.md", "performance.md"]

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "clusterlab.env",
     "clusterlab.slurm.cli",
     "clusterlab.zero.cli",
+    "clusterlab.exercise",
 )
 
 # Where the core subcommands live. `clusterlab simulate ...` then imports only

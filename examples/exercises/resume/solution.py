@@ -1,0 +1,31 @@
+"""Exercise resume (Failures and restarts), a solution: read the checkpoint before the loop.
+
+    clusterlab exercise check resume examples/exercises/resume/solution.py
+
+Rank 0 saves the number of the last finished step in checkpoint.txt. Rank 3 fails in
+step 2 of the first attempt; the launcher then restarts everyone. Keep the print lines:
+the check reads them.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import clusterlab
+
+me = clusterlab.read_env()
+attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+checkpoint = Path("checkpoint.txt")
+
+# A fresh start has no checkpoint; a restart continues with the step after the saved one.
+first_step = int(checkpoint.read_text()) + 1 if checkpoint.exists() else 0
+for step in range(first_step, 4):
+    time.sleep(0.1)  # train
+    if me.rank == 3 and step == 2 and attempt == 0:
+        sys.exit("rank 3: lost the connection to the parameter server")
+    clusterlab.barrier(f"step{step}")
+    if me.rank == 0:
+        checkpoint.write_text(str(step))  # the last finished step
+    clusterlab.barrier(f"saved{step}")  # nobody reports a step before it is saved
+    print(f"attempt {attempt}: step {step} done", flush=True)
