@@ -4,7 +4,10 @@ Phases of one step:
 
 1. **Launch.** Every task is a process in a session (and process group) of its
    own, started by :func:`start_task` - the one place that puts a task "on node
-   k" - with the job's environment plus its own ``SLURM_PROCID``,
+   k": inside node k's namespaces when the job's nodes are hosts
+   (:class:`clusterlab.keepers.Keepers`, an ``nsenter`` prefix), so ``hostname``
+   says ``node002`` there and every node name of the job resolves - with the
+   job's environment plus its own ``SLURM_PROCID``,
    ``SLURM_LOCALID``, ``SLURMD_NODENAME`` ... (see :mod:`clusterlab.slurm.environ`)
    and its ``SLURM_TASK_PID``. A command that cannot be executed fails in every
    task, as slurmstepd's ``execve()`` does: one error line per task, exit status
@@ -42,6 +45,7 @@ from dataclasses import dataclass, field
 
 from .. import procs
 from ..errors import UsageError
+from ..keepers import Keepers
 from ..layout import format_ranks
 from ..loop import Loop
 from ..output import StreamPump
@@ -92,13 +96,16 @@ def _execve_error(command: list[str], cwd: str | None) -> int:
     return errno.EACCES if "/" in exe and os.path.exists(path) else errno.ENOENT
 
 
-def start_task(command: list[str], env: dict[str, str], node: str, cwd: str | None) -> procs.Process:
-    """Start one task "on" ``node``: the one place a simulated node's process is made.
+def start_task(command: list[str], env: dict[str, str], node: str, cwd: str | None,
+               keepers: Keepers | None = None) -> procs.Process:
+    """Start one task on ``node``: the one place a simulated node's process is made.
 
-    Today every node is this machine, so ``node`` is only named in the environment;
-    a host (UTS + mount namespace per node) would be entered here.
+    With ``keepers`` (the job's nodes are hosts) the task enters ``node``'s UTS and
+    mount namespaces first (:meth:`Keepers.enter_argv`, ~1.7 ms: ``bench/hosts.py``);
+    without, every node is this machine and ``node`` is only named in the environment.
     """
-    return procs.spawn(["/bin/sh", "-c", TASK_PID_SHELL, *command], env, cwd=cwd)
+    prefix = keepers.enter_argv(node, cwd) if keepers is not None else []
+    return procs.spawn([*prefix, "/bin/sh", "-c", TASK_PID_SHELL, *command], env, cwd=cwd)
 
 
 def open_port() -> socket.socket:
@@ -111,8 +118,9 @@ def open_port() -> socket.socket:
 
 def run_step(step: Step, command: list[str], envs: list[dict[str, str]], *, label: bool = False,
              kill_on_bad_exit: bool = False, wait: int = 0, cwd: str | None = None,
-             out_fd: int = 1, err_fd: int = 2) -> int:
-    """Run ``command`` once per task with ``envs[task_id]``; return srun's exit status."""
+             out_fd: int = 1, err_fd: int = 2, keepers: Keepers | None = None) -> int:
+    """Run ``command`` once per task with ``envs[task_id]``, each on its node (through
+    ``keepers`` when the nodes are hosts); return srun's exit status."""
     tag_value = f"{step.alloc.job_id}.{step.step_id}.{os.getpid()}.{time.monotonic_ns()}"
     envs = [{**e, STEP_TAG_ENV: tag_value} for e in envs]
     width = label_width(step.layout.ntasks)
@@ -133,7 +141,7 @@ def run_step(step: Step, command: list[str], envs: list[dict[str, str]], *, labe
                 run.exited.append(t)
                 run.tasks.append(t)
                 continue
-            proc = start_task(list(command), envs[task_id], node, cwd)
+            proc = start_task(list(command), envs[task_id], node, cwd, keepers)
             pidfd = os.pidfd_open(proc.pid)
             t = _Task(task_id, node, proc, pidfd)
             for stream, fd in ((proc.stdout, out_fd), (proc.stderr, err_fd)):
