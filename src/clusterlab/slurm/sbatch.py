@@ -167,11 +167,10 @@ def make_job_dir(alloc: Allocation, shims: bool = True, torch: bool | None = Non
     scripts["torchrun"] = f"exec {python} -m torch.distributed.run \"$@\""
     if not torch:
         standin = TORCHRUN_STANDIN.format(python=python)
-        scripts["torchrun"] = f"{standin}\n{scripts['torchrun']}"
+        scripts["torchrun"] = standin
         scripts["python"] = scripts["python3"] = (
-            f'if [ "$1" = -m ] && [ "$2" = torch.distributed.run ]; then shift 2; set -- torchrun "$@"\n'
-            f'elif [ "$1" = -u ] && [ "$2" = -m ] && [ "$3" = torch.distributed.run ]; then shift 3; '
-            f'set -- torchrun "$@"; fi\nif [ "$1" = torchrun ]; then shift\n{standin}\nfi\n{scripts["python"]}')
+            f'case "$1:$2:$3" in\n-m:torch.distributed.run:*) shift 2\n{standin};;\n'
+            f'-u:-m:torch.distributed.run) shift 3\n{standin};;\nesac\n{scripts["python"]}')
     for name, body in scripts.items():
         shim = os.path.join(bin_dir, name)
         with open(shim, "w") as f:
