@@ -65,8 +65,10 @@ def main() -> int:
     dist.all_reduce(t)  # the sum over every rank of the job
     expected = world * (world - 1) // 2
     ok = t.item() == expected
-    print(f"rank {rank}/{world} (local {local_rank}) on {socket.gethostname()}: all_reduce of the ranks = "
-          f"{t.item():g}, expected {expected} {'ok' if ok else 'WRONG'} [{via}]", flush=True)
+    # one write per line: a node's workers share its stdout, and torchrun runs them unbuffered (python -u)
+    sys.stdout.write(f"rank {rank}/{world} (local {local_rank}) on {socket.gethostname()}: all_reduce of the ranks = "
+                     f"{t.item():g}, expected {expected} {'ok' if ok else 'WRONG'} [{via}]\n")
+    sys.stdout.flush()
     dist.barrier()  # nobody leaves while another rank still talks to it
     close()
     return 0 if ok else 1
