@@ -93,7 +93,7 @@ def _job_common(alloc: Allocation, runtime: Runtime | None) -> dict[str, str]:
         "SLURM_JOB_PARTITION": config.PARTITION,
         "SLURM_CLUSTER_NAME": CLUSTER_NAME,
         "SLURM_SUBMIT_DIR": alloc.submit_dir,
-        "SLURM_SUBMIT_HOST": hosts.submit_host(),
+        "SLURM_SUBMIT_HOST": alloc.submit_host or hosts.submit_host(),
         "SLURM_TOPOLOGY_ADDR_PATTERN": "node",
         **_who(),
     }

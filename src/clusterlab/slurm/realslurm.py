@@ -14,8 +14,9 @@ What runs, and why it needs nothing from ``/etc``:
 * **one slurmd per node** (``node001`` ... ``node004``), each in a UTS namespace of
   its own (``hostname`` says ``node002`` there, so slurmd finds its ``NodeName``) and a
   mount namespace of its own, where a private ``hosts`` file listing every node is
-  bind-mounted over ``/etc/hosts``: the machine's own file is never touched. All nodes
-  share the host network on 127.0.0.1, each slurmd on a free port of its own.
+  bind-mounted over ``/etc/hosts`` (clusterlab's scheme: node k at ``127.0.1.k``, as in a
+  simulated job): the machine's own file is never touched. All nodes share the host
+  network; slurmctld reaches every slurmd at 127.0.0.1, each on a free port of its own.
 * the configuration clusterlab's simulation follows: ``select/cons_tres`` with
   ``CR_Core``, 64 CPUs and 8 GPUs per node (``gres/gpu``, backed by character
   devices made with ``mknod``, major 195, as ``/dev/nvidia0`` is: slurmd ignores a
@@ -270,9 +271,8 @@ def start(root: str, nodes: tuple[str, ...] = NODES) -> Cluster:
     with open(os.path.join(root, "plugstack.conf"), "w") as f:
         f.write("# no SPANK plugins\n")
     hosts = os.path.join(root, "hosts")
-    with open(hosts, "w") as f:
-        f.write("127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {n}\n" for n in nodes))
-        f.write(f"127.0.0.1 {socket.gethostname()}\n")
+    with open(hosts, "w") as f:  # the simulation's scheme (clusterlab.host): node k at 127.0.1.k
+        f.write(_hosts_file(nodes))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "CLUSTERLAB_TEST_TAG"))}
     env["SLURM_CONF"] = conf
     env["PATH"] = env.get("PATH", os.defpath) + ":/usr/sbin:/sbin"
@@ -300,6 +300,20 @@ def start(root: str, nodes: tuple[str, ...] = NODES) -> Cluster:
         cluster.stop()
         raise
     return cluster
+
+
+def _hosts_file(nodes: tuple[str, ...]) -> str:
+    """The nodes' ``/etc/hosts``: clusterlab's own (:func:`clusterlab.host.hosts_text`, node k at
+    ``127.0.1.k``, then the machine's lines), so a task sees the same addresses on both sides;
+    this machine's name at 127.0.0.1, where slurmctld listens."""
+    from .. import host
+
+    try:
+        with open("/etc/hosts") as f:
+            machine = f.read()
+    except OSError:
+        machine = "127.0.0.1\tlocalhost\n"
+    return host.hosts_text(list(nodes), machine) + f"127.0.0.1\t{socket.gethostname()}\n"
 
 
 def _all_idle(cluster: Cluster) -> bool:

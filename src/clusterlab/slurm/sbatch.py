@@ -163,8 +163,10 @@ def make_job_dir(alloc: Allocation, shims: bool = True, torch: bool | None = Non
     scripts = {name: f"exec {python} -m clusterlab {name} \"$@\"" for name in ("srun", "scontrol")}
     scripts["clusterlab"] = f"exec {python} -m clusterlab \"$@\""
     scripts["python"] = scripts["python3"] = f"exec {python} \"$@\""
-    # torch's console script `torchrun` is `torch.distributed.run:main`: the same program
-    scripts["torchrun"] = f"exec {python} -m torch.distributed.run \"$@\""
+    # torch's own console script, installed beside the interpreter (else the module it runs)
+    real = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    scripts["torchrun"] = (f"exec {shlex.quote(real)} \"$@\"" if os.access(real, os.X_OK) else
+                           f"exec {python} -m torch.distributed.run \"$@\"")
     if not torch:
         standin = TORCHRUN_STANDIN.format(python=python)
         scripts["torchrun"] = standin
