@@ -18,7 +18,6 @@ import time
 import urllib.request
 
 import pytest
-
 from test_site import ROOT
 
 STARTUP_TIMEOUT = 90  # seconds until "Serving on ..." (a cold build of every page's Markdown)

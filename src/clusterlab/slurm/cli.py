@@ -144,7 +144,7 @@ def _cmd_srun(args) -> int:
             step, command, envs,
             label=_flag(values, "label"),
             kill_on_bad_exit=_flag(values, "kill_on_bad_exit"),
-            wait=int(values["wait"].value) if "wait" in values else 0,
+            wait=int(str(values["wait"].value)) if "wait" in values else 0,
             cwd=cwd,
             out_fd=sys.stdout.fileno(), err_fd=sys.stderr.fileno(),
             keepers=keepers,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Mapping
 
 import hostlist
 
@@ -102,7 +103,7 @@ def simulated_names(count: int, first: int = 1) -> list[str]:
     return [f"{NODE_PREFIX}{i:0{NODE_DIGITS}d}" for i in range(first, last + 1)]
 
 
-def resolve_simulated(host: str, env: dict[str, str] | None = None) -> str:
+def resolve_simulated(host: str, env: Mapping[str, str] | None = None) -> str:
     """The address to connect to for ``host``, when ``host`` may be a simulated node name.
 
     Inside a simulated Slurm job (``CLUSTERLAB_SIMULATED_HOSTS=1`` in the
@@ -116,7 +117,7 @@ def resolve_simulated(host: str, env: dict[str, str] | None = None) -> str:
         addr = resolve_simulated(master_addr)   # "node001" -> "127.0.0.1" in a simulated job
     """
     env = os.environ if env is None else env
-    if env.get(SIMULATED_ENV) != "1" or not host:
+    if env.get(SIMULATED_ENV) != "1" or not host:  # nodes that are hosts resolve by themselves
         return host
     nodes = env.get(SIMULATED_NODES_ENV, "")
     try:

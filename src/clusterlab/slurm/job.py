@@ -39,6 +39,7 @@ import math
 import os
 import sys
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..errors import UsageError
 from . import hosts
@@ -89,7 +90,8 @@ class Allocation:
     def load(cls, path: str) -> "Allocation":
         with open(path) as f:
             raw = json.load(f)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        return cls(**fields)
 
     def __str__(self) -> str:
         return (f"job {self.job_id} ({self.job_name}): {len(self.nodes)} nodes {self.nodelist}, "

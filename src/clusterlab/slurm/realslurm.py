@@ -67,6 +67,14 @@ def _which(exe: str) -> str | None:
     return shutil.which(exe, path=os.environ.get("PATH", os.defpath) + ":/usr/sbin:/sbin")
 
 
+def _program(exe: str) -> str:
+    """The path of ``exe``, which :func:`unavailable` has checked is installed."""
+    path = _which(exe)
+    if path is None:
+        raise RuntimeError(f"{exe} disappeared after the check; install {BINARIES[exe]}")
+    return path
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct TCP ports that nothing listens on right now."""
     socks = []
@@ -279,20 +287,20 @@ def start(root: str, nodes: tuple[str, ...] = NODES) -> Cluster:
     cluster = Cluster(root, conf, tuple(nodes))
     try:
         log = os.path.join(root, "log")
-        munged = _spawn([_which("munged"), "-F", "-f", f"--key-file={key}", f"--socket={sock}",
+        munged = _spawn([_program("munged"), "-F", "-f", f"--key-file={key}", f"--socket={sock}",
                          f"--pid-file={root}/munge/munged.pid", f"--seed-file={root}/munge/munged.seed",
                          f"--log-file={log}/munged.log"], env, f"{log}/munged.out")
         cluster.daemons["munged"] = munged
         _wait("munged's socket", lambda: os.path.exists(sock), 10, cluster, ("munged",))
-        ctld = _spawn([_which("slurmctld"), "-D", "-i", "-f", conf], env, f"{log}/slurmctld.out")
+        ctld = _spawn([_program("slurmctld"), "-D", "-i", "-f", conf], env, f"{log}/slurmctld.out")
         cluster.daemons["slurmctld"] = ctld
         for name in nodes:
             # A UTS namespace (hostname = node name) and a private mount namespace (our hosts file
             # over /etc/hosts); unshare execs the shell, which execs slurmd: one pid all along.
             script = (f'hostname {name} && mount --bind "$0" /etc/hosts && '
                       f'exec "$1" -D -N {name} -f "$2"')
-            proc = _spawn([_which("unshare"), "--uts", "--mount", "--propagation", "private", "/bin/sh", "-c",
-                           script, hosts, _which("slurmd"), conf], env, f"{log}/slurmd-{name}.out")
+            proc = _spawn([_program("unshare"), "--uts", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                           script, hosts, _program("slurmd"), conf], env, f"{log}/slurmd-{name}.out")
             cluster.daemons[f"slurmd-{name}"] = proc
         _wait("every node idle", lambda: _all_idle(cluster), START_TIMEOUT, cluster,
               ("slurmctld", *(f"slurmd-{n}" for n in nodes)))

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import IO
 
 from .. import host, procs
 from ..errors import UsageError
@@ -272,9 +273,10 @@ def run_batch(script: Script, alloc: Allocation, values: dict, script_args: list
         print(f"Submitted batch job {alloc.job_id}", flush=True)  # all real sbatch prints
         if plan.note:  # auto fell back: the one line, on stderr
             print(f"sbatch: {plan.note}", file=sys.stderr, flush=True)
-        files = []
+        files: list[IO[bytes]] = []
         try:
-            out = err = None
+            out: IO[bytes] | None = None
+            err: IO[bytes] | int | None = None
             if "output" in values:
                 out = open(_output_path(str(values["output"].value), alloc), "ab")
                 files.append(out)
@@ -289,8 +291,8 @@ def run_batch(script: Script, alloc: Allocation, values: dict, script_args: list
                                     stdout=out, stderr=err, start_new_session=True)
             return _wait_batch(proc)
         finally:
-            for f in files:
-                f.close()
+            for opened in files:
+                opened.close()
     finally:
         controller.close()
         _kill_job(job_dir)

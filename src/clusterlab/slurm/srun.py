@@ -71,7 +71,7 @@ def label_width(ntasks: int) -> int:
 class _Task:
     task_id: int
     node: str
-    proc: object | None  # None: the command could not be executed
+    proc: procs.Process | None  # None: the command could not be executed
     pidfd: int | None
     pumps: list = field(default_factory=list)
     status: int | None = None  # exit code, or -signal
@@ -172,7 +172,8 @@ class _Run:
         self.open_streams = 0
         self.name = f"StepId={step.alloc.job_id}.{step.step_id}"
         self.cancelled = self.aborted = False
-        self.wait_deadline = self.kill_deadline = None
+        self.wait_deadline: float | None = None
+        self.kill_deadline: float | None = None
 
     def say(self, text: str) -> None:
         try:
@@ -193,6 +194,8 @@ class _Run:
         self.open_streams -= 1
 
     def reap(self, t: _Task) -> None:
+        if t.pidfd is None or t.proc is None:  # only a started task has a pidfd in the loop
+            return
         self.loop.forget(t.pidfd)
         t.status = _exit_status(t.proc.pid)
         self.exited.append(t)
@@ -216,7 +219,7 @@ class _Run:
                 self.wait_expired(live)
             if self.kill_deadline and now >= self.kill_deadline:
                 for t in live:
-                    procs.signal_group(t.proc, signal.SIGKILL)
+                    _signal(t, signal.SIGKILL)
                 self.kill_deadline = None
             if self.loop.signal is not None and live:
                 self.on_signal(live)
@@ -233,8 +236,8 @@ class _Run:
         if not batch:
             return
         groups: dict[tuple[str, int], list[int]] = {}
-        for t in batch:
-            groups.setdefault((t.node, t.status), []).append(t.task_id)
+        for t in batch:  # every task in `batch` has exited: its status is known
+            groups.setdefault((t.node, t.status or 0), []).append(t.task_id)
         for (node, status), ids in groups.items():
             if status != 0:
                 word = "task" if len(ids) == 1 else "tasks"
@@ -274,12 +277,18 @@ class _Run:
         sig, self.loop.signal = self.loop.signal, None
         if sig == signal.SIGINT:  # passed on to the tasks (srun's first Ctrl-C)
             for t in live:
-                procs.signal_group(t.proc, sig)
+                _signal(t, sig)
             return
         self.say("forcing job termination")
         self.cancelled = True
         for t in live:
-            procs.signal_group(t.proc, signal.SIGKILL)
+            _signal(t, signal.SIGKILL)
+
+
+def _signal(t: _Task, sig: int) -> None:
+    """Signal ``t``'s process group, if the task was started at all."""
+    if t.proc is not None:
+        procs.signal_group(t.proc, sig)
 
 
 def _exit_status(pid: int) -> int:
@@ -292,8 +301,8 @@ def _exit_status(pid: int) -> int:
 
 def _terminate(live: list[_Task], sig: int) -> float:
     for t in live:
-        procs.signal_group(t.proc, signal.SIGCONT)
-        procs.signal_group(t.proc, sig)
+        _signal(t, signal.SIGCONT)
+        _signal(t, sig)
     return time.monotonic() + KILL_WAIT
 
 
@@ -301,7 +310,7 @@ def _kill_leftovers(tasks: list[_Task], tag: str | None) -> None:
     """SIGKILL what is left of the step: every task's group, then any process carrying the step's tag."""
     for t in tasks:
         if t.proc is not None:
-            procs.signal_group(t.proc, signal.SIGKILL)
+            _signal(t, signal.SIGKILL)
     if tag is not None:
         procs.kill_tagged(STEP_TAG_ENV, tag)
 
@@ -322,9 +331,9 @@ def exit_code(statuses: list[int | None]) -> int:
 
 def _cleanup(tasks: list[_Task], tag: str | None) -> None:
     """Whatever happened above: no task, no child of a task, no fd is left behind."""
-    live = [t for t in tasks if t.status is None and t.proc is not None]
+    live = [t.proc for t in tasks if t.status is None and t.proc is not None]
     if live:
-        procs.stop([t.proc for t in live], grace=KILL_WAIT)
+        procs.stop(live, grace=KILL_WAIT)
     _kill_leftovers(tasks, tag)
     for t in tasks:
         if t.proc is None:
@@ -332,7 +341,7 @@ def _cleanup(tasks: list[_Task], tag: str | None) -> None:
         try:
             t.proc.wait(timeout=KILL_WAIT)
         except Exception:
-            procs.signal_group(t.proc, signal.SIGKILL)
+            _signal(t, signal.SIGKILL)
         for stream in (t.proc.stdout, t.proc.stderr):
             if stream and not stream.closed:
                 stream.close()
