@@ -8,10 +8,12 @@ clusterlab leaves the parsing to the python-hostlist package (``import
 hostlist``), the same grammar Slurm's own ``hostlist.c`` implements, rather than
 a hand-written regular expression.
 
-Every simulated node is this machine. A process started "on node002" sees
-``SLURMD_NODENAME=node002``, but ``node002`` is not a name the resolver knows;
-:func:`resolve_simulated` is the one place that turns a simulated node name into
-an address a socket can use (127.0.0.1).
+Simulated nodes are hosts where the kernel allows it (:mod:`clusterlab.host`): a task
+on node002 runs in node002's namespaces, ``hostname`` says ``node002`` and every node
+name of the job resolves. Where it does not (``--hosts=off``, or ``auto`` falling back),
+every node is simply this machine and ``node002`` is a name no resolver knows; only
+then does :func:`resolve_simulated` turn a simulated node name into an address a
+socket can use (127.0.0.1), for ``clusterlab launch`` inside the job.
 """
 
 from __future__ import annotations

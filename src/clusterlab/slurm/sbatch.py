@@ -11,13 +11,15 @@ text after a ``#`` that follows a space is a comment.
 ``SBATCH_*`` input environment variables (``SBATCH_JOB_NAME``,
 ``SBATCH_GPUS_PER_NODE`` ...), then directives.
 
-**Running** mimics what slurmd does on the first node: the script is copied to a
-job directory as ``slurm_script`` (so ``$0`` is *not* your file, as on a real
-cluster), started in ``--chdir`` or the submission directory with the batch
-environment (:func:`~clusterlab.slurm.environ.batch_env`) and a ``bin``
+**Running** mimics what slurmd does on the first node: the job's nodes become
+hosts (``--hosts``, :mod:`clusterlab.host`: one keeper per node holds its
+namespaces), the script is copied to a job directory as ``slurm_script`` (so
+``$0`` is *not* your file, as on a real cluster) and started on the first node
+(``hostname`` says ``node001``), in ``--chdir`` or the submission directory, with
+the batch environment (:func:`~clusterlab.slurm.environ.batch_env`) and a ``bin``
 directory first on ``PATH`` whose ``srun`` and ``scontrol`` are clusterlab's
-(plus ``clusterlab`` and ``python``: the lab's interpreter, as if its virtual
-environment were activated on every node).
+(plus ``clusterlab``, ``python`` - the lab's interpreter, as if its virtual
+environment were activated on every node - and ``torchrun``, see :func:`make_job_dir`).
 Each ``srun`` in the script takes the next step id from a counter file in the
 job directory. Unlike real sbatch, this one waits for the job (``sbatch
 --wait``), its exit status is the script's, and output goes to the terminal
