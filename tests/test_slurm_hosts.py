@@ -339,3 +339,24 @@ def test_torchrun_stand_in_runs_clusterlab_launch(tmp_path):
     import shutil
 
     shutil.rmtree(job_dir)
+
+
+GONE = """#!/bin/bash
+#SBATCH -N2
+keeper=$(echo "$CLUSTERLAB_HOST_KEEPERS" | sed 's/.*node002=\\([0-9]*\\).*/\\1/')
+kill -9 "$keeper"
+while [ -e "/proc/$keeper/ns/uts" ]; do sleep 0.01; done  # gone (a zombie has no namespaces left)
+srun -N2 hostname
+echo "srun exit $?"
+"""
+
+
+@HOSTS
+def test_a_node_that_cannot_be_entered_is_one_line_not_a_traceback(tmp_path):
+    (tmp_path / "job.sbatch").write_text(GONE)
+    r = clusterlab("sbatch", "job.sbatch", cwd=tmp_path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert r.stdout.splitlines()[1:] == ["srun exit 1"]
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("srun: error: the keeper of node002 (pid ")
+    assert r.stderr.rstrip().endswith("is gone: the node can no longer be entered")
+    assert leftovers(r.pid) == []

@@ -121,6 +121,9 @@ def run_step(step: Step, command: list[str], envs: list[dict[str, str]], *, labe
              out_fd: int = 1, err_fd: int = 2, keepers: Keepers | None = None) -> int:
     """Run ``command`` once per task with ``envs[task_id]``, each on its node (through
     ``keepers`` when the nodes are hosts); return srun's exit status."""
+    if keepers is not None:  # every node of the step can be entered, or no task starts (a node down)
+        for node in step.layout.nodes:
+            keepers.enter_argv(node, cwd)
     tag_value = f"{step.alloc.job_id}.{step.step_id}.{os.getpid()}.{time.monotonic_ns()}"
     envs = [{**e, STEP_TAG_ENV: tag_value} for e in envs]
     width = label_width(step.layout.ntasks)
