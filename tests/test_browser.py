@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from test_site import LAB_PAGES, ROOT, strict_build
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -30,7 +29,7 @@ sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+    def log_message(self, format, *args):
         pass
 
 
@@ -75,7 +74,7 @@ def shot(page, name: str) -> None:
 
 
 # A log line each lab page must show (real-cluster runs 2 nodes x 2 processes).
-EXPECTED_LINE = {name: "[node1 rank5 local1]" for name in LAB_PAGES} | {"real-cluster": "[node1 rank3 local1]"}
+EXPECTED_LINE = dict.fromkeys(LAB_PAGES, "[node1 rank5 local1]") | {"real-cluster": "[node1 rank3 local1]"}
 
 
 @pytest.mark.parametrize("name", LAB_PAGES)

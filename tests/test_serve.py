@@ -28,7 +28,6 @@ import urllib.request
 import uuid
 
 import pytest
-
 from test_site import ROOT
 
 STARTUP_TIMEOUT = 90  # seconds until "Serving on ..." (a cold build of every page's Markdown)

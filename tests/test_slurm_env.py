@@ -11,7 +11,7 @@ import pytest
 from clusterlab import read_env
 from clusterlab.errors import UsageError
 from clusterlab.slurm import options
-from clusterlab.slurm.environ import batch_env, task_env
+from clusterlab.slurm.environ import batch_env, fallback_env, task_env
 from clusterlab.slurm.job import allocate, plan_step
 from clusterlab.slurm.sbatch import merge, parse_script
 
@@ -39,10 +39,12 @@ def test_task_environment_field_by_field():
         "SLURM_GPUS_ON_NODE": "8", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7", "SLURM_STEP_GPUS": "0,1,2,3,4,5,6,7",
         "SLURM_TOPOLOGY_ADDR": "node003", "SLURM_JOB_PARTITION": "debug", "SLURM_NODE_ALIASES": None,
         "SLURM_DISTRIBUTION": "block", "SLURM_SUBMIT_DIR": "/sub", "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1",
-        "CLUSTERLAB_SIMULATED_HOSTS": "1", "CLUSTERLAB_SIMULATED_NODES": "node[001-004]",
+        # the fallback's mark is the launcher's to add, only where nodes are not hosts (fallback_env)
+        "CLUSTERLAB_SIMULATED_HOSTS": None, "CLUSTERLAB_SIMULATED_NODES": None,
     }
     for key, value in expected.items():
         assert env.get(key) == value, key
+    assert fallback_env(alloc) == {"CLUSTERLAB_SIMULATED_HOSTS": "1", "CLUSTERLAB_SIMULATED_NODES": "node[001-004]"}
 
 
 def test_shared_nodes_pack_the_first_node():
@@ -89,10 +91,15 @@ def test_ntasks_not_exported_when_only_nodes_given():
 
 def test_read_env_understands_a_cyclic_task():
     alloc = allocate(request("-N2", "-n4", "-m", "cyclic"), 1234, "/", "x")
-    view = read_env(task_env(plan_step(alloc, request("-n4", "-m", "cyclic"), 0), 1))
+    env = task_env(plan_step(alloc, request("-n4", "-m", "cyclic"), 0), 1)
+    view = read_env(env)
     assert (view.rank, view.local_rank, view.node_rank, view.world_size, view.nnodes) == (1, 0, 1, 4, 2)
-    # the first host of the node list, node001, is a simulated node: it is this machine
-    assert view.master_addr == "127.0.0.1" and view.master_port == 15000 + 1234
+    # the first host of the node list, as on a cluster: the nodes are hosts, node001 resolves
+    assert view.master_addr == "node001" and view.master_port == 15000 + 1234
+    assert view.sources["master_addr"] == "first host of SLURM_JOB_NODELIST"
+    # where they are not (--hosts=off), node001 is this machine
+    view = read_env({**env, **fallback_env(alloc)})
+    assert view.master_addr == "127.0.0.1"
     assert view.sources["master_addr"] == "first host of SLURM_JOB_NODELIST (a simulated node: this machine)"
 
 

@@ -14,8 +14,9 @@ every variable of every task, the exit status, and the output lines.
 
 **What is normalised** (values that differ by nature; everything else must match):
 :data:`NORMALISED` names each variable and why; in output lines, the job id becomes
-``<job>``, a time stamp ``<time>`` and (for the example scripts, whose port is
-derived from the job id) a port ``:<port>``. Output lines are compared as sorted
+``<job>``, a time stamp ``<time>``, (for the example scripts, whose port is
+derived from the job id) a port ``:<port>``, and the time and pid of torch's log prefix
+``<time> <pid>``. A launch pattern's stderr is not compared (:attr:`Request.streams`). Output lines are compared as sorted
 lists, because tasks print concurrently, and srun's ``tasks 0-1: Exited ...`` lines
 one task at a time, because which tasks share such a line depends on timing. An error message counts as the same when
 clusterlab's one line contains Slurm's message (clusterlab may add the fix, and
@@ -54,6 +55,8 @@ TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 #: - clusterlab's launcher, when a node's agent starts before the master listens, says it waits.
 TIMING = re.compile(r"step creation temporarily disabled|Step created for job|waiting for the master agent at")
 PORT = re.compile(r"(node\d+|127\.0\.0\.1):\d{4,5}\b")
+#: torch's log prefix (glog's: level, date, time, pid): ``W1201 09:40:42.184000 10252 torch/...``
+TORCH_LOG = re.compile(r"^([WIEF])\d{4} \d\d:\d\d:\d\d\.\d+ \d+ ")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,10 @@ class Request:
     env: tuple[tuple[str, str], ...] = ()
     timeout: float = 60.0
     cwd: str | None = None  # default: the run's work directory (the same on both sides)
+    #: the streams compared: a launch pattern's stderr is torch's and its libraries' logs (pids, times,
+    #: and the order in which elastic agents shut their rendezvous down), so only its stdout is compared
+    streams: tuple[str, ...] = ("stdout", "stderr")
+    needs: tuple[str, ...] = ()  # modules the request's job imports (torch, the interop extra): skipped without
 
 
 @dataclass
@@ -110,6 +117,8 @@ def run(side: str, request: Request, workdir: Path, slurm_conf: str | None = Non
     for path in sorted(out.iterdir()):
         if path.name.endswith(".out"):  # a batch job's output file: part of stdout
             outcome.stdout += [f"{path.name}: {line}" for line in path.read_text().splitlines()]
+        elif path.name.endswith(".err"):  # a batch job's --error file: part of stderr
+            outcome.stderr += [f"{path.name}: {line}" for line in path.read_text().splitlines()]
         elif path.name != "job.sbatch":
             outcome.envs[path.name] = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
     ids = {e.get("SLURM_JOB_ID") for e in outcome.envs.values()} - {None}
@@ -157,6 +166,9 @@ def _normal_line(line: str, job_id: str | None) -> str:
         line = re.sub(rf"\b{job_id}\b", "<job>", line)
     line = TIME.sub("<time>", line)
     line = PORT.sub(r"\1:<port>", line)
+    head, sep, rest = line.partition(": ")  # a batch output file's lines: "batch.out: LINE"
+    if sep and head.endswith((".out", ".err")):
+        line = head + sep + TORCH_LOG.sub(r"\1<time> <pid> ", rest)
     return line.replace("clusterlab srun: error: ", "srun: error: ").replace(
         "clusterlab sbatch: error: ", "sbatch: error: ").replace("clusterlab scontrol: error: ", "scontrol: error: ")
 
@@ -170,12 +182,12 @@ def _normal_value(var: str, value: str | None, job_id: str | None) -> str | None
     return f"<{NORMALISED[var].split(',')[0]}>"
 
 
-def compare(real: Outcome, lab: Outcome) -> tuple[int, list[str]]:
+def compare(real: Outcome, lab: Outcome, streams: tuple[str, ...] = ("stdout", "stderr")) -> tuple[int, list[str]]:
     """How many values were compared, and every difference as one line."""
     compared, diffs = 1, []
     if real.code != lab.code:
         diffs.append(f"exit status: real {real.code}, clusterlab {lab.code}")
-    for stream in ("stdout", "stderr"):
+    for stream in streams:
         a = sorted(_normal_line(x, real.job_id) for x in _split_exits(getattr(real, stream)))
         b = sorted(_normal_line(x, lab.job_id) for x in _split_exits(getattr(lab, stream)))
         compared += max(len(a), len(b))

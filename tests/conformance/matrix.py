@@ -91,14 +91,25 @@ BATCH = [
 
 
 def examples() -> list[Request]:
-    """The project's example batch scripts, run unchanged (their output: ports and ids normalised)."""
+    """The project's example batch scripts, run unchanged (their output: ports and ids normalised),
+    and the launch patterns of examples/slurm/patterns (real torch; only their stdout is compared)."""
     found = []
     for path in sorted((ROOT / "examples" / "slurm").glob("*.sbatch")):
         if "buggy" in path.name:
             continue  # a linter exhibit, not a job to run
+        needs = ("torch",) if "torchrun" in path.read_text() else ()
         found.append(Request(f"example-{path.stem}", ("sbatch", "--output={out}/batch.out", str(path)),
-                             timeout=120, cwd=str(ROOT)))
+                             timeout=120, cwd=str(ROOT), needs=needs))
+    for path in sorted((ROOT / "examples" / "slurm" / "patterns").glob("*.sbatch")):
+        found.append(Request(f"pattern-{path.stem}", ("sbatch", "--output={out}/batch.out", "--error={out}/batch.err",
+                                                      str(path)),
+                             timeout=180, cwd=str(ROOT), streams=("stdout",),
+                             needs=("torch", *PATTERN_NEEDS.get(path.stem, ()))))
     return found
+
+
+#: the interop extra's module each library pattern imports (besides torch)
+PATTERN_NEEDS = {"lightning": ("lightning_fabric",), "submitit": ("submitit",), "accelerate": ("accelerate",)}
 
 
 ALL = LAYOUTS + STATUSES + SCONTROL + BATCH

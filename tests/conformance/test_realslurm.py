@@ -38,7 +38,7 @@ def test_a_private_cluster_starts_runs_and_stops_by_pid():
             # each slurmd runs in a UTS namespace of its own: a task's hostname is its node's name
             assert sorted(r.stdout.split()) == ["0:", "1:", "2:", "3:", "node001", "node002", "node003", "node004"]
             r = cluster.run("srun", "-N2", "getent", "hosts", "node002")  # the private hosts file, in each node
-            assert r.stdout.split()[:2] == ["127.0.0.1", "node002"], r.stdout + r.stderr
+            assert r.stdout.split()[:2] == ["127.0.1.2", "node002"], r.stdout + r.stderr
             daemons = [psutil.Process(pid) for pid in cluster.pids.values()]
             assert len(daemons) == 6  # munged, slurmctld, 4 slurmd
         finally:

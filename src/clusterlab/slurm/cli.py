@@ -14,29 +14,37 @@ import os
 import shutil
 import sys
 
+from .. import host
 from ..errors import UsageError
+from ..keepers import Keepers
 from . import hosts, options
-from .environ import JOB_DIR_ENV, Runtime, slurm_free, task_env
+from .environ import JOB_DIR_ENV, Runtime, fallback_env, slurm_free, task_env
 from .job import Allocation, SlurmError, allocate, default_job_name, plan_step
 from .sbatch import make_job_dir, merge, new_job_id, next_step_id, read_script, run_batch
 from .srun import find_command, open_port, run_step
 
-SRUN_USAGE = """usage: clusterlab srun [OPTIONS] COMMAND [ARGS...]
+SRUN_USAGE = """usage: clusterlab srun [--hosts=auto|namespaces|off] [OPTIONS] COMMAND [ARGS...]
 
 Run COMMAND as the tasks of a Slurm job step, each a local process that sees the
 environment srun would give it on its (simulated) node. Outside a job, srun first
 creates a job allocation, as real srun does; inside `clusterlab sbatch`, it runs
-the next step of that job.
+the next step of that job, on the job's nodes.
+
+--hosts (clusterlab's own, before the command): make the simulated nodes hosts
+(own host name, every node name resolvable; see clusterlab.host). auto, the
+default, uses namespaces where the kernel allows them and says so when it cannot.
 
 options:
 """
 
-SBATCH_USAGE = """usage: clusterlab sbatch [--explain | --lint] [OPTIONS] SCRIPT [ARGS...]
+SBATCH_USAGE = """usage: clusterlab sbatch [--explain | --lint] [--hosts=auto|namespaces|off] [OPTIONS] SCRIPT [ARGS...]
 
 Run a batch script as Slurm would on the first node of its allocation, with
 #SBATCH directives, the batch environment, and clusterlab's srun and scontrol on
 PATH. --explain prints the plan (nodes, ranks, environment, srun steps, lint)
 without running anything; --lint prints only the linter's findings (exit 1 if any).
+--hosts (clusterlab's own, command line only): whether the job's nodes are hosts
+(see `clusterlab srun --help`); every srun of the job runs on them.
 
 options:
 """
@@ -95,8 +103,12 @@ def _cmd_srun(args) -> int:
         return 0
     values, command = options.parse(argv, "srun")
     job_dir = _inside_job()
+    if job_dir and "hosts" in values:
+        raise UsageError(f"srun: --hosts={values['hosts'].value} inside a job: the job's nodes are already chosen "
+                         "(clusterlab sbatch --hosts=...); drop --hosts from this srun")
     port = open_port()  # srun's own port (SLURM_SRUN_COMM_PORT); a standalone srun is also the controller
     own_dir = None
+    keepers = None
     try:
         if job_dir:  # a step of the running job: inherit the job's SLURM_* as input options
             alloc = Allocation.load(os.path.join(job_dir, "allocation.json"))
@@ -105,10 +117,12 @@ def _cmd_srun(args) -> int:
             base = {k: v for k, v in os.environ.items() if k not in _STEP_GPU_VARS}
             conf = os.environ.get("SLURM_CONF") or os.path.join(job_dir, "slurm.conf")
         else:  # srun outside a job creates the allocation itself (job name: the command's)
+            mode = host.check_mode(str(values.pop("hosts").value)) if "hosts" in values else "auto"
             alloc = allocate(values, new_job_id(), os.getcwd(), default_job_name(command))
             base = slurm_free(os.environ)
-            own_dir = make_job_dir(alloc, shims=False)
+            own_dir = make_job_dir(alloc)
             base[JOB_DIR_ENV] = own_dir  # an srun inside a task is a step of this job, as in Slurm
+            base["PATH"] = os.path.join(own_dir, "bin") + os.pathsep + base.get("PATH", os.defpath)
             conf = os.path.join(own_dir, "slurm.conf")
         cwd = str(values["chdir"].value) if "chdir" in values else None
         if cwd is not None and not os.path.isdir(cwd):
@@ -116,6 +130,10 @@ def _cmd_srun(args) -> int:
         step = plan_step(alloc, values, 0, standalone=job_dir is None)
         if job_dir:
             step = dataclasses.replace(step, step_id=next_step_id(job_dir))
+            keepers = Keepers.from_environ()  # the job's nodes (None: the job runs with --hosts=off)
+        else:
+            keepers = _start_keepers(alloc.nodes, mode, "srun")
+            base.update(keepers.environ() if keepers is not None else fallback_env(alloc))
         runtime = Runtime(conf, _controller_port(job_dir) or port.getsockname()[1], port.getsockname()[1])
         envs = [{**base, **task_env(step, t, runtime)} for t in range(step.layout.ntasks)]
         find_command(command, base, cwd)  # no command at all is a usage error; a missing one fails per task
@@ -126,17 +144,35 @@ def _cmd_srun(args) -> int:
             step, command, envs,
             label=_flag(values, "label"),
             kill_on_bad_exit=_flag(values, "kill_on_bad_exit"),
-            wait=int(values["wait"].value) if "wait" in values else 0,
+            wait=int(str(values["wait"].value)) if "wait" in values else 0,
             cwd=cwd,
             out_fd=sys.stdout.fileno(), err_fd=sys.stderr.fileno(),
+            keepers=keepers,
         )
     except SlurmError as exc:  # refused by "slurmctld": srun's own words and exit status
         print(f"srun: error: {exc}", file=sys.stderr)
         return exc.status
+    except host.HostsError as exc:  # a node that cannot be entered: Slurm's "node down", in one line
+        print(f"srun: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         port.close()
+        if keepers is not None and not job_dir:
+            keepers.close()
         if own_dir:
             shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _start_keepers(nodes: tuple[str, ...], mode: str, prog: str) -> Keepers | None:
+    """Make the job's nodes hosts (:mod:`clusterlab.host`): their keepers, or None when hosts are off.
+
+    When ``auto`` falls back, its one line goes to stderr (stdout stays the job's, as in Slurm)."""
+    plan = host.plan(nodes, mode)
+    if plan.note:
+        print(f"{prog}: {plan.note}", file=sys.stderr, flush=True)
+    if plan.via == "off":
+        return None
+    return Keepers.start(plan)
 
 
 def _controller_port(job_dir: str | None) -> int | None:
@@ -172,6 +208,7 @@ def _cmd_sbatch(args) -> int:
     while argv and argv[0] in ("--explain", "--lint"):
         mode = argv.pop(0)[2:]
     cli_values, rest = options.parse(argv, "sbatch")
+    hosts_mode = host.check_mode(str(cli_values.pop("hosts").value)) if "hosts" in cli_values else "auto"
     if not rest:
         raise UsageError("sbatch: no batch script given; write e.g. `clusterlab sbatch job.sbatch`")
     script = read_script(rest[0])
@@ -191,7 +228,7 @@ def _cmd_sbatch(args) -> int:
     if mode == "explain":
         from .explain import explain
 
-        _print(explain(script, values, alloc))
+        _print(explain(script, values, alloc, host.plan(alloc.nodes, hosts_mode)))
         return 0
     sys.stdout.flush()
-    return run_batch(script, alloc, values, rest[1:])
+    return run_batch(script, alloc, values, rest[1:], hosts_mode)

@@ -46,6 +46,7 @@ import os
 import pwd
 from dataclasses import dataclass
 
+from ..keepers import KEEPERS_ENV
 from . import config, hosts
 from .job import Allocation, Step
 from .layout import compress_counts
@@ -92,11 +93,9 @@ def _job_common(alloc: Allocation, runtime: Runtime | None) -> dict[str, str]:
         "SLURM_JOB_PARTITION": config.PARTITION,
         "SLURM_CLUSTER_NAME": CLUSTER_NAME,
         "SLURM_SUBMIT_DIR": alloc.submit_dir,
-        "SLURM_SUBMIT_HOST": hosts.submit_host(),
+        "SLURM_SUBMIT_HOST": alloc.submit_host or hosts.submit_host(),
         "SLURM_TOPOLOGY_ADDR_PATTERN": "node",
         **_who(),
-        hosts.SIMULATED_ENV: "1",
-        hosts.SIMULATED_NODES_ENV: alloc.nodelist,
     }
     if runtime is not None:
         env["SLURM_CONF"] = runtime.conf
@@ -196,8 +195,17 @@ def task_env(step: Step, task_id: int, runtime: Runtime | None = None) -> dict[s
     return env
 
 
+def fallback_env(alloc: Allocation) -> dict[str, str]:
+    """What a job whose nodes are *not* hosts (``--hosts=off``, or ``auto`` where the kernel
+    refuses namespaces) exports: "node names here are simulated, all of them this machine".
+    ``clusterlab launch`` then meets at 127.0.0.1 where it is given ``node001``
+    (:func:`clusterlab.slurm.hosts.resolve_simulated`); nothing else resolves them."""
+    return {hosts.SIMULATED_ENV: "1", hosts.SIMULATED_NODES_ENV: alloc.nodelist}
+
+
 def slurm_free(env) -> dict[str, str]:
     """``env`` without Slurm's variables: the base a fresh (standalone) job starts from."""
-    drop = ("SLURM_", "SLURMD_", "SBATCH_", "SRUN_", "CLUSTERLAB_SLURM", hosts.SIMULATED_ENV)
+    drop = ("SLURM_", "SLURMD_", "SBATCH_", "SRUN_", "CLUSTERLAB_SLURM", hosts.SIMULATED_ENV,
+            hosts.SIMULATED_NODES_ENV, KEEPERS_ENV)
     gpu = ("CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES", "ENVIRONMENT")
     return {k: v for k, v in env.items() if not k.startswith(drop) and k not in gpu}

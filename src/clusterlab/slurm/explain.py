@@ -29,7 +29,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
         fmt.format(*map(str, r)).rstrip() for r in rows]
 
 
-def explain(script, values: dict, alloc) -> str:
+def explain(script, values: dict, alloc, hosts=None) -> str:
+    """The plan as text; ``hosts`` (a :class:`clusterlab.host.JobHosts`) says how the nodes would be hosts."""
     out = [f"# Plan for {script.path} (nothing is run)", "", "## Options"]
     for _key, v in sorted(values.items(), key=lambda kv: kv[1].source):
         out.append(f"  {v.option}={v.value}    <- {v.source}")
@@ -37,6 +38,10 @@ def explain(script, values: dict, alloc) -> str:
             f"{alloc.nodelist}",
             f"  tasks per node {compress_counts(alloc.tasks_per_node)}, CPUs per node "
             f"{compress_counts(alloc.cpus_per_node)}, GPUs per node {compress_counts(alloc.gpus_per_node)}",
+            *([f"  {hosts}" + (f" - {hosts.note}" if hosts.note else
+                               f": hostname is the node's name, {alloc.nodes[0]} resolves to "
+                               f"{hosts.address(alloc.nodes[0])}" if hosts.via != "off" else "")]
+              if hosts is not None else []),
             "", f"## Batch step (the script itself, once, on {alloc.nodes[0]})"]
     env = batch_env(alloc)
     out += [f"  {k}={v}" for k, v in sorted(env.items()) if not k.startswith(_HIDDEN)]

@@ -8,10 +8,12 @@ clusterlab leaves the parsing to the python-hostlist package (``import
 hostlist``), the same grammar Slurm's own ``hostlist.c`` implements, rather than
 a hand-written regular expression.
 
-Every simulated node is this machine. A process started "on node002" sees
-``SLURMD_NODENAME=node002``, but ``node002`` is not a name the resolver knows;
-:func:`resolve_simulated` is the one place that turns a simulated node name into
-an address a socket can use (127.0.0.1).
+Simulated nodes are hosts where the kernel allows it (:mod:`clusterlab.host`): a task
+on node002 runs in node002's namespaces, ``hostname`` says ``node002`` and every node
+name of the job resolves. Where it does not (``--hosts=off``, or ``auto`` falling back),
+every node is simply this machine and ``node002`` is a name no resolver knows; only
+then does :func:`resolve_simulated` turn a simulated node name into an address a
+socket can use (127.0.0.1), for ``clusterlab launch`` inside the job.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Mapping
 
 import hostlist
 
@@ -102,7 +105,7 @@ def simulated_names(count: int, first: int = 1) -> list[str]:
     return [f"{NODE_PREFIX}{i:0{NODE_DIGITS}d}" for i in range(first, last + 1)]
 
 
-def resolve_simulated(host: str, env: dict[str, str] | None = None) -> str:
+def resolve_simulated(host: str, env: Mapping[str, str] | None = None) -> str:
     """The address to connect to for ``host``, when ``host`` may be a simulated node name.
 
     Inside a simulated Slurm job (``CLUSTERLAB_SIMULATED_HOSTS=1`` in the
@@ -116,7 +119,7 @@ def resolve_simulated(host: str, env: dict[str, str] | None = None) -> str:
         addr = resolve_simulated(master_addr)   # "node001" -> "127.0.0.1" in a simulated job
     """
     env = os.environ if env is None else env
-    if env.get(SIMULATED_ENV) != "1" or not host:
+    if env.get(SIMULATED_ENV) != "1" or not host:  # nodes that are hosts resolve by themselves
         return host
     nodes = env.get(SIMULATED_NODES_ENV, "")
     try:

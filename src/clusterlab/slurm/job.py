@@ -39,6 +39,7 @@ import math
 import os
 import sys
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..errors import UsageError
 from . import hosts
@@ -73,6 +74,7 @@ class Allocation:
     gpus_per_node_opt: str | None = None  # as written, for SLURM_GPUS_PER_NODE
     distribution: str | None = None  # as written, for SLURM_DISTRIBUTION
     submit_dir: str = ""
+    submit_host: str = ""  # where sbatch or srun ran (SLURM_SUBMIT_HOST); a step inside the job keeps it
     exclusive: bool = False
     gpus_asked: bool = False  # --gpus-per-node, --gpus-per-task or --gres=gpu asked: steps get the GPUs
 
@@ -88,7 +90,8 @@ class Allocation:
     def load(cls, path: str) -> "Allocation":
         with open(path) as f:
             raw = json.load(f)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        return cls(**fields)
 
     def __str__(self) -> str:
         return (f"job {self.job_id} ({self.job_name}): {len(self.nodes)} nodes {self.nodelist}, "
@@ -232,7 +235,7 @@ def allocate(values: dict[str, Value], job_id: int, submit_dir: str, default_nam
         cpus_per_task=_v(values, "cpus_per_task"), gpus_per_task=gpt,
         gpus_per_node_opt=str(values["gpus_per_node"].value) if "gpus_per_node" in values else None,
         distribution=str(values["distribution"].value) if "distribution" in values else None,
-        submit_dir=submit_dir, exclusive=exclusive, gpus_asked=asked,
+        submit_dir=submit_dir, submit_host=hosts.submit_host(), exclusive=exclusive, gpus_asked=asked,
     )
 
 

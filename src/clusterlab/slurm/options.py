@@ -57,7 +57,11 @@ OPTIONS = (
     Opt("mail-user", None, "mail_user", "str", "sbatch", False, "mail address"),
     Opt("export", None, "export", "str", "both", False, "environment to export"),
     Opt("requeue", None, "requeue", "flag", "sbatch", False, "requeue on node failure"),
+    # clusterlab's own (not Slurm's): on the command line only, never in an #SBATCH line
+    Opt("hosts", None, "hosts", "str", "both", True, "clusterlab: nodes as hosts, auto|namespaces|off (default auto)"),
 )
+#: Options of clusterlab's own, which real Slurm does not know: a batch script must not carry them.
+CLUSTERLAB_ONLY = ("hosts",)
 
 _LONG = {o.long: o for o in OPTIONS}
 _SHORT = {o.short: o for o in OPTIONS if o.short}

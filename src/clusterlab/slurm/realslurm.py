@@ -14,8 +14,9 @@ What runs, and why it needs nothing from ``/etc``:
 * **one slurmd per node** (``node001`` ... ``node004``), each in a UTS namespace of
   its own (``hostname`` says ``node002`` there, so slurmd finds its ``NodeName``) and a
   mount namespace of its own, where a private ``hosts`` file listing every node is
-  bind-mounted over ``/etc/hosts``: the machine's own file is never touched. All nodes
-  share the host network on 127.0.0.1, each slurmd on a free port of its own.
+  bind-mounted over ``/etc/hosts`` (clusterlab's scheme: node k at ``127.0.1.k``, as in a
+  simulated job): the machine's own file is never touched. All nodes share the host
+  network; slurmctld reaches every slurmd at 127.0.0.1, each on a free port of its own.
 * the configuration clusterlab's simulation follows: ``select/cons_tres`` with
   ``CR_Core``, 64 CPUs and 8 GPUs per node (``gres/gpu``, backed by character
   devices made with ``mknod``, major 195, as ``/dev/nvidia0`` is: slurmd ignores a
@@ -64,6 +65,14 @@ def unavailable() -> str | None:
 
 def _which(exe: str) -> str | None:
     return shutil.which(exe, path=os.environ.get("PATH", os.defpath) + ":/usr/sbin:/sbin")
+
+
+def _program(exe: str) -> str:
+    """The path of ``exe``, which :func:`unavailable` has checked is installed."""
+    path = _which(exe)
+    if path is None:
+        raise RuntimeError(f"{exe} disappeared after the check; install {BINARIES[exe]}")
+    return path
 
 
 def free_ports(count: int) -> list[int]:
@@ -270,29 +279,28 @@ def start(root: str, nodes: tuple[str, ...] = NODES) -> Cluster:
     with open(os.path.join(root, "plugstack.conf"), "w") as f:
         f.write("# no SPANK plugins\n")
     hosts = os.path.join(root, "hosts")
-    with open(hosts, "w") as f:
-        f.write("127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {n}\n" for n in nodes))
-        f.write(f"127.0.0.1 {socket.gethostname()}\n")
+    with open(hosts, "w") as f:  # the simulation's scheme (clusterlab.host): node k at 127.0.1.k
+        f.write(_hosts_file(nodes))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "CLUSTERLAB_TEST_TAG"))}
     env["SLURM_CONF"] = conf
     env["PATH"] = env.get("PATH", os.defpath) + ":/usr/sbin:/sbin"
     cluster = Cluster(root, conf, tuple(nodes))
     try:
         log = os.path.join(root, "log")
-        munged = _spawn([_which("munged"), "-F", "-f", f"--key-file={key}", f"--socket={sock}",
+        munged = _spawn([_program("munged"), "-F", "-f", f"--key-file={key}", f"--socket={sock}",
                          f"--pid-file={root}/munge/munged.pid", f"--seed-file={root}/munge/munged.seed",
                          f"--log-file={log}/munged.log"], env, f"{log}/munged.out")
         cluster.daemons["munged"] = munged
         _wait("munged's socket", lambda: os.path.exists(sock), 10, cluster, ("munged",))
-        ctld = _spawn([_which("slurmctld"), "-D", "-i", "-f", conf], env, f"{log}/slurmctld.out")
+        ctld = _spawn([_program("slurmctld"), "-D", "-i", "-f", conf], env, f"{log}/slurmctld.out")
         cluster.daemons["slurmctld"] = ctld
         for name in nodes:
             # A UTS namespace (hostname = node name) and a private mount namespace (our hosts file
             # over /etc/hosts); unshare execs the shell, which execs slurmd: one pid all along.
             script = (f'hostname {name} && mount --bind "$0" /etc/hosts && '
                       f'exec "$1" -D -N {name} -f "$2"')
-            proc = _spawn([_which("unshare"), "--uts", "--mount", "--propagation", "private", "/bin/sh", "-c",
-                           script, hosts, _which("slurmd"), conf], env, f"{log}/slurmd-{name}.out")
+            proc = _spawn([_program("unshare"), "--uts", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                           script, hosts, _program("slurmd"), conf], env, f"{log}/slurmd-{name}.out")
             cluster.daemons[f"slurmd-{name}"] = proc
         _wait("every node idle", lambda: _all_idle(cluster), START_TIMEOUT, cluster,
               ("slurmctld", *(f"slurmd-{n}" for n in nodes)))
@@ -300,6 +308,20 @@ def start(root: str, nodes: tuple[str, ...] = NODES) -> Cluster:
         cluster.stop()
         raise
     return cluster
+
+
+def _hosts_file(nodes: tuple[str, ...]) -> str:
+    """The nodes' ``/etc/hosts``: clusterlab's own (:func:`clusterlab.host.hosts_text`, node k at
+    ``127.0.1.k``, then the machine's lines), so a task sees the same addresses on both sides;
+    this machine's name at 127.0.0.1, where slurmctld listens."""
+    from .. import host
+
+    try:
+        with open("/etc/hosts") as f:
+            machine = f.read()
+    except OSError:
+        machine = "127.0.0.1\tlocalhost\n"
+    return host.hosts_text(list(nodes), machine) + f"127.0.0.1\t{socket.gethostname()}\n"
 
 
 def _all_idle(cluster: Cluster) -> bool:

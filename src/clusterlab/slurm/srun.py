@@ -4,7 +4,10 @@ Phases of one step:
 
 1. **Launch.** Every task is a process in a session (and process group) of its
    own, started by :func:`start_task` - the one place that puts a task "on node
-   k" - with the job's environment plus its own ``SLURM_PROCID``,
+   k": inside node k's namespaces when the job's nodes are hosts
+   (:class:`clusterlab.keepers.Keepers`, an ``nsenter`` prefix), so ``hostname``
+   says ``node002`` there and every node name of the job resolves - with the
+   job's environment plus its own ``SLURM_PROCID``,
    ``SLURM_LOCALID``, ``SLURMD_NODENAME`` ... (see :mod:`clusterlab.slurm.environ`)
    and its ``SLURM_TASK_PID``. A command that cannot be executed fails in every
    task, as slurmstepd's ``execve()`` does: one error line per task, exit status
@@ -42,6 +45,7 @@ from dataclasses import dataclass, field
 
 from .. import procs
 from ..errors import UsageError
+from ..keepers import Keepers
 from ..layout import format_ranks
 from ..loop import Loop
 from ..output import StreamPump
@@ -67,7 +71,7 @@ def label_width(ntasks: int) -> int:
 class _Task:
     task_id: int
     node: str
-    proc: object | None  # None: the command could not be executed
+    proc: procs.Process | None  # None: the command could not be executed
     pidfd: int | None
     pumps: list = field(default_factory=list)
     status: int | None = None  # exit code, or -signal
@@ -92,13 +96,16 @@ def _execve_error(command: list[str], cwd: str | None) -> int:
     return errno.EACCES if "/" in exe and os.path.exists(path) else errno.ENOENT
 
 
-def start_task(command: list[str], env: dict[str, str], node: str, cwd: str | None) -> procs.Process:
-    """Start one task "on" ``node``: the one place a simulated node's process is made.
+def start_task(command: list[str], env: dict[str, str], node: str, cwd: str | None,
+               keepers: Keepers | None = None) -> procs.Process:
+    """Start one task on ``node``: the one place a simulated node's process is made.
 
-    Today every node is this machine, so ``node`` is only named in the environment;
-    a host (UTS + mount namespace per node) would be entered here.
+    With ``keepers`` (the job's nodes are hosts) the task enters ``node``'s UTS and
+    mount namespaces first (:meth:`Keepers.enter_argv`, ~1.7 ms: ``bench/hosts.py``);
+    without, every node is this machine and ``node`` is only named in the environment.
     """
-    return procs.spawn(["/bin/sh", "-c", TASK_PID_SHELL, *command], env, cwd=cwd)
+    prefix = keepers.enter_argv(node, cwd) if keepers is not None else []
+    return procs.spawn([*prefix, "/bin/sh", "-c", TASK_PID_SHELL, *command], env, cwd=cwd)
 
 
 def open_port() -> socket.socket:
@@ -111,8 +118,12 @@ def open_port() -> socket.socket:
 
 def run_step(step: Step, command: list[str], envs: list[dict[str, str]], *, label: bool = False,
              kill_on_bad_exit: bool = False, wait: int = 0, cwd: str | None = None,
-             out_fd: int = 1, err_fd: int = 2) -> int:
-    """Run ``command`` once per task with ``envs[task_id]``; return srun's exit status."""
+             out_fd: int = 1, err_fd: int = 2, keepers: Keepers | None = None) -> int:
+    """Run ``command`` once per task with ``envs[task_id]``, each on its node (through
+    ``keepers`` when the nodes are hosts); return srun's exit status."""
+    if keepers is not None:  # every node of the step can be entered, or no task starts (a node down)
+        for node in step.layout.nodes:
+            keepers.enter_argv(node, cwd)
     tag_value = f"{step.alloc.job_id}.{step.step_id}.{os.getpid()}.{time.monotonic_ns()}"
     envs = [{**e, STEP_TAG_ENV: tag_value} for e in envs]
     width = label_width(step.layout.ntasks)
@@ -133,7 +144,7 @@ def run_step(step: Step, command: list[str], envs: list[dict[str, str]], *, labe
                 run.exited.append(t)
                 run.tasks.append(t)
                 continue
-            proc = start_task(list(command), envs[task_id], node, cwd)
+            proc = start_task(list(command), envs[task_id], node, cwd, keepers)
             pidfd = os.pidfd_open(proc.pid)
             t = _Task(task_id, node, proc, pidfd)
             for stream, fd in ((proc.stdout, out_fd), (proc.stderr, err_fd)):
@@ -164,7 +175,8 @@ class _Run:
         self.open_streams = 0
         self.name = f"StepId={step.alloc.job_id}.{step.step_id}"
         self.cancelled = self.aborted = False
-        self.wait_deadline = self.kill_deadline = None
+        self.wait_deadline: float | None = None
+        self.kill_deadline: float | None = None
 
     def say(self, text: str) -> None:
         try:
@@ -185,6 +197,8 @@ class _Run:
         self.open_streams -= 1
 
     def reap(self, t: _Task) -> None:
+        if t.pidfd is None or t.proc is None:  # only a started task has a pidfd in the loop
+            return
         self.loop.forget(t.pidfd)
         t.status = _exit_status(t.proc.pid)
         self.exited.append(t)
@@ -208,7 +222,7 @@ class _Run:
                 self.wait_expired(live)
             if self.kill_deadline and now >= self.kill_deadline:
                 for t in live:
-                    procs.signal_group(t.proc, signal.SIGKILL)
+                    _signal(t, signal.SIGKILL)
                 self.kill_deadline = None
             if self.loop.signal is not None and live:
                 self.on_signal(live)
@@ -225,8 +239,8 @@ class _Run:
         if not batch:
             return
         groups: dict[tuple[str, int], list[int]] = {}
-        for t in batch:
-            groups.setdefault((t.node, t.status), []).append(t.task_id)
+        for t in batch:  # every task in `batch` has exited: its status is known
+            groups.setdefault((t.node, t.status or 0), []).append(t.task_id)
         for (node, status), ids in groups.items():
             if status != 0:
                 word = "task" if len(ids) == 1 else "tasks"
@@ -266,12 +280,18 @@ class _Run:
         sig, self.loop.signal = self.loop.signal, None
         if sig == signal.SIGINT:  # passed on to the tasks (srun's first Ctrl-C)
             for t in live:
-                procs.signal_group(t.proc, sig)
+                _signal(t, sig)
             return
         self.say("forcing job termination")
         self.cancelled = True
         for t in live:
-            procs.signal_group(t.proc, signal.SIGKILL)
+            _signal(t, signal.SIGKILL)
+
+
+def _signal(t: _Task, sig: int) -> None:
+    """Signal ``t``'s process group, if the task was started at all."""
+    if t.proc is not None:
+        procs.signal_group(t.proc, sig)
 
 
 def _exit_status(pid: int) -> int:
@@ -284,8 +304,8 @@ def _exit_status(pid: int) -> int:
 
 def _terminate(live: list[_Task], sig: int) -> float:
     for t in live:
-        procs.signal_group(t.proc, signal.SIGCONT)
-        procs.signal_group(t.proc, sig)
+        _signal(t, signal.SIGCONT)
+        _signal(t, sig)
     return time.monotonic() + KILL_WAIT
 
 
@@ -293,7 +313,7 @@ def _kill_leftovers(tasks: list[_Task], tag: str | None) -> None:
     """SIGKILL what is left of the step: every task's group, then any process carrying the step's tag."""
     for t in tasks:
         if t.proc is not None:
-            procs.signal_group(t.proc, signal.SIGKILL)
+            _signal(t, signal.SIGKILL)
     if tag is not None:
         procs.kill_tagged(STEP_TAG_ENV, tag)
 
@@ -314,9 +334,9 @@ def exit_code(statuses: list[int | None]) -> int:
 
 def _cleanup(tasks: list[_Task], tag: str | None) -> None:
     """Whatever happened above: no task, no child of a task, no fd is left behind."""
-    live = [t for t in tasks if t.status is None and t.proc is not None]
+    live = [t.proc for t in tasks if t.status is None and t.proc is not None]
     if live:
-        procs.stop([t.proc for t in live], grace=KILL_WAIT)
+        procs.stop(live, grace=KILL_WAIT)
     _kill_leftovers(tasks, tag)
     for t in tasks:
         if t.proc is None:
@@ -324,7 +344,7 @@ def _cleanup(tasks: list[_Task], tag: str | None) -> None:
         try:
             t.proc.wait(timeout=KILL_WAIT)
         except Exception:
-            procs.signal_group(t.proc, signal.SIGKILL)
+            _signal(t, signal.SIGKILL)
         for stream in (t.proc.stdout, t.proc.stderr):
             if stream and not stream.closed:
                 stream.close()
