@@ -14,7 +14,7 @@ TORCH := $(VENV)/.clusterlab-torch
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_VERSION := 2.13.0
 
-.PHONY: serve test build bench clean
+.PHONY: serve test lint build bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,9 +34,15 @@ serve: $(TORCH)
 
 # compileall: where PYTHONDONTWRITEBYTECODE is set, every launcher, agent and worker a test
 # starts would otherwise compile clusterlab again (tests/test_launcher.py: 8.3 s -> 7.1 s).
-test: $(TORCH)
+test: $(TORCH) lint
 	$(BIN)/python -m compileall -q src
 	$(BIN)/python -m pytest
+
+# ruff (its rules are chosen, and the exceptions justified, in pyproject.toml) and mypy (src/,
+# untyped bodies checked too): part of `make test`, so CI runs them
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 build: $(TORCH)
 	$(BIN)/python -m compileall -q src

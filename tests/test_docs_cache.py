@@ -109,7 +109,7 @@ def test_an_excerpt_keeps_the_chosen_lines_and_counts_each_gap():
     lines = [f"line {i}" for i in range(10)]
     assert fold.excerpt(lines, head=2, tail=1) == ["line 0", "line 1", "[... 7 lines not shown: the whole log is below ...]",
                                                    "line 9"]
-    assert fold.excerpt(lines, keep=lambda l: l.endswith(("3", "4"))) == [
+    assert fold.excerpt(lines, keep=lambda x: x.endswith(("3", "4"))) == [
         "[... 3 lines not shown: the whole log is below ...]", "line 3", "line 4",
         "[... 5 lines not shown: the whole log is below ...]"]
     assert fold.excerpt(lines, at={0}) == ["line 0", "[... 9 lines not shown: the whole log is below ...]"]

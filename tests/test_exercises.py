@@ -13,11 +13,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT
 
 from clusterlab.errors import UsageError
 from clusterlab.exercise import check
 from clusterlab.exercise.catalog import PAGES, all_exercises, find, on_page
-from helpers import ROOT
 
 pytestmark = pytest.mark.timeout(400)  # a torch check on a loaded 2-core machine
 

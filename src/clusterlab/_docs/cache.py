@@ -139,7 +139,7 @@ def _read_environment(distributions: tuple[str, ...]) -> dict:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            versions[name] = None
+            versions[name] = ""  # (not installed)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     variables = {k: v for k, v in sorted(os.environ.items())
                  if k.startswith(ENV_PREFIXES) and k not in ENV_IGNORED}

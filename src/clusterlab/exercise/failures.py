@@ -33,7 +33,7 @@ def check_crash(attempt: Path, root: Path) -> Verdict:
     v = Verdict()
     job = _crash_job(attempt, v)
     summary = _summary(job)
-    if not v.expect(job.returncode == 1 and summary, "the job failed and the launcher printed its summary",
+    if not v.expect(job.returncode == 1 and bool(summary), "the job failed and the launcher printed its summary",
                     f"the job ended with {job.status()} and {'a' if summary else 'no'} failure summary",
                     "make rank 2 exit with a non-zero status (sys.exit(7)) during step 1"):
         return v

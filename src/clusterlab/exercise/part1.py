@@ -113,7 +113,7 @@ def check_env_slurm(attempt: Path, root: Path) -> Verdict:
                     f"clusterlab read them as {launcher}'s variables, not Slurm's",
                     "describe the task with SLURM_* names only (no RANK, LOCAL_RANK or WORLD_SIZE)"):
         return v
-    fields = dict(m.groups() for m in map(re.compile(r"^\s*(\w+) = (\S+)").match, job.lines) if m)
+    fields: dict[str, str] = {m[1]: m[2] for m in map(re.compile(r"^\s*(\w+) = (\S+)").match, job.lines) if m}
     for name, want in RANK6.items():
         got = fields.get(name)
         v.expect(got == want, f"{name} = {want}", f"{name} = {got}, but rank 6 of 2 x 4 has {name} = {want}",

@@ -81,7 +81,8 @@ def check_eval(attempt: Path, root: Path) -> Verdict:
     for epoch in (1, 2):
         done = evals.get(epoch - 1)
         if done is None:
-            v.fail(f"rank 0 printed no `eval {epoch - 1} done at ...` line", "keep the starter's print lines: the check reads them")
+            v.fail(f"rank 0 printed no `eval {epoch - 1} done at ...` line",
+                   "keep the starter's print lines: the check reads them")
             return v
         early = []
         for rank in range(4):
@@ -93,7 +94,8 @@ def check_eval(attempt: Path, root: Path) -> Verdict:
             if starts[0] < done:
                 early.append(rank)
         v.expect(not early, f"no rank started epoch {epoch} before rank 0's evaluation {epoch - 1} was over",
-                 f"ranks {early} started epoch {epoch} before rank 0 finished evaluation {epoch - 1}", "every rank waits for the evaluation: one barrier, called by all ranks, after it")
+                 f"ranks {early} started epoch {epoch} before rank 0 finished evaluation {epoch - 1}",
+                 "every rank waits for the evaluation: one barrier, called by all ranks, after it")
     return v
 
 

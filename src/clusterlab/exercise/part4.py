@@ -46,9 +46,10 @@ def check_fix_script(attempt: Path, root: Path) -> Verdict:
         m = re.match(r"^(\S+): RANK=(\S+) LOCAL_RANK=(\S+) WORLD_SIZE=(\S+)$", line)
         if m:
             node, rank, local, world = m.groups()
-            if number(rank) in seen:
+            key = number(rank)
+            if key in seen:
                 duplicates.append(rank)
-            seen[number(rank) if number(rank) is not None else -1] = (node, local, world)
+            seen[-1 if key is None else key] = (node, local, world)
     if not v.expect(sorted(seen) == [0, 1, 2, 3] and not duplicates, "four tasks, ranks 0-3, each once",
                     f"the tasks said RANK = {sorted(seen)}{' with repeats ' + str(duplicates) if duplicates else ''}",
                     "each task must expand its own $SLURM_PROCID (single quotes around the srun command)"):
@@ -78,7 +79,7 @@ def check_distribution(attempt: Path, root: Path) -> Verdict:
                 "echo $SLURM_NODEID $SLURM_LOCALID $SLURM_TASKS_PER_NODE"]
         (job,) = run_job([argv], root, timeout=60)
         v.jobs.append(job)
-        line = next((l for l in job.lines if l.startswith("5: ")), None)
+        line = next((x for x in job.lines if x.startswith("5: ")), None)
         if line is None:
             v.fail(f"srun -m {dist} printed no line for task 5 ({job.status()})")
             return v

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from .catalog import Exercise
 from .checking import Verdict, number, number_set, read_answers, run_job, scratch, unanswered
@@ -69,14 +70,14 @@ def check_traffic(attempt: Path, root: Path) -> Verdict:
         "ranks_sending_across_nodes": "the ring runs 0 -> 1 -> ... -> 7 -> 0: only the hops 3 -> 4 and 7 -> 0 leave a node",
     }
     for key in KEYS:
-        want = measured[key]
+        want: Any = measured[key]
         if key == "ranks_sending_across_nodes":
             got = number_set(answers.get(key))
             ok = got == want
             shown_want = ", ".join(map(str, sorted(want)))
         else:
-            got = number(answers.get(key))
-            ok = got == int(want)
+            got_number = number(answers.get(key))
+            ok = got_number == int(want)
             shown_want = want
         v.expect(ok, f"{key}: {shown_want}", f"{key}: you said {answers.get(key) or '(nothing)'}, the run measured "
                  f"{shown_want}", why[key])

@@ -64,7 +64,7 @@ def check_srun_crash(attempt: Path, root: Path) -> Verdict:
             (job,) = run_job([argv], Path(cwd), timeout=60)
         v.jobs.append(job)
         actual[f"{label}_still_running"] = sum(1 for line in job.lines if line.endswith(": still running"))
-        actual[f"{label}_exit_status"] = job.returncode
+        actual[f"{label}_exit_status"] = -1 if job.returncode is None else job.returncode
     why = {
         "default_still_running": "by default (KillOnBadExit=0, no -K) srun lets the other tasks run on: all 3 finish",
         "default_exit_status": "srun exits with the highest exit code of its tasks: 3",
