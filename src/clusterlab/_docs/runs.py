@@ -66,10 +66,17 @@ class DocsRunError(RuntimeError):
 
 
 class _FreePort:
-    """Stands in a command or a variable for a TCP port nobody listens on (see :data:`FREE_PORT`)."""
+    """Stands in a command or a variable for a TCP port nobody listens on (see :data:`FREE_PORT`),
+    after ``prefix`` (``FREE_PORT.after("127.0.0.1:")`` stands for ``127.0.0.1:<the port>``)."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def after(self, prefix: str) -> "_FreePort":
+        return _FreePort(prefix)
 
     def __repr__(self) -> str:
-        return "FREE_PORT"
+        return f"FREE_PORT.after({self.prefix!r})" if self.prefix else "FREE_PORT"
 
 
 #: Put this where a command needs a port (``--master-port``, ``MASTER_PORT``): the run gets
@@ -255,8 +262,8 @@ def _finish(proc: subprocess.Popen, shown: str, started: float, deadline: float)
 
 def _substitute(argv, env, port: str) -> tuple[list[str], dict[str, str]]:
     def one(value) -> str:
-        if value is FREE_PORT:
-            return port
+        if isinstance(value, _FreePort):
+            return value.prefix + port
         if not isinstance(value, str):
             raise TypeError(f"a command's words and variables are strings (or FREE_PORT), not {value!r}")
         return value
@@ -265,7 +272,7 @@ def _substitute(argv, env, port: str) -> tuple[list[str], dict[str, str]]:
 
 
 def _spelled(value) -> str:
-    return "<free port>" if value is FREE_PORT else value
+    return value.prefix + "<free port>" if isinstance(value, _FreePort) else value
 
 
 def _execute(argvs: list[list], env: dict | None, timeout: float, files: bool) -> list[Run]:

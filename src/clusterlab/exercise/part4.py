@@ -63,7 +63,7 @@ def check_fix_script(attempt: Path, root: Path) -> Verdict:
     return v
 
 
-#: The questions of slurm-distribution: srun -N3 -n8, block and cyclic.
+#: The questions of slurm-distribution: srun -N3 -n8 --exclusive, block and cyclic.
 KEYS = ("block_tasks_per_node", "block_task5_node", "block_task5_localid",
         "cyclic_task5_node", "cyclic_task5_localid")
 
@@ -75,7 +75,7 @@ def check_distribution(attempt: Path, root: Path) -> Verdict:
         return v
     actual = {}
     for dist in ("block", "cyclic"):
-        argv = ["clusterlab", "srun", "-N3", "-n8", "-m", dist, "-l", "bash", "-c",
+        argv = ["clusterlab", "srun", "-N3", "-n8", "--exclusive", "-m", dist, "-l", "bash", "-c",
                 "echo $SLURM_NODEID $SLURM_LOCALID $SLURM_TASKS_PER_NODE"]
         (job,) = run_job([argv], root, timeout=60)
         v.jobs.append(job)
@@ -86,7 +86,7 @@ def check_distribution(attempt: Path, root: Path) -> Verdict:
         node, local, per_node = line[3:].split()
         actual.update({f"{dist}_task5_node": node, f"{dist}_task5_localid": local, f"{dist}_tasks_per_node": per_node})
     why = {
-        "block_tasks_per_node": "8 tasks on 3 nodes are counted out round-robin: 3, 3, 2, written 3(x2),2",
+        "block_tasks_per_node": "8 tasks on 3 whole nodes are counted out round-robin: 3, 3, 2, written 3(x2),2",
         "block_task5_node": "block: consecutive ranks share a node, 0-2 on node 0, 3-5 on node 1",
         "block_task5_localid": "block: task 5 is the third task (0, 1, 2) of node 1",
         "cyclic_task5_node": "cyclic: ranks are dealt round-robin, 0 -> node 0, 1 -> node 1, 2 -> node 2, 3 -> node 0 ...",
@@ -132,13 +132,14 @@ EXERCISES = [
         title="Predict srun's layout",
         task="predict SLURM_TASKS_PER_NODE, SLURM_NODEID and SLURM_LOCALID of task 5 under -m block and -m cyclic",
         statement=(
-            "For `srun -N3 -n8` (8 tasks on 3 nodes), predict `SLURM_TASKS_PER_NODE`, and the node "
-            "(`SLURM_NODEID`) and local id (`SLURM_LOCALID`) of task 5, with `-m block` and with "
-            "`-m cyclic`. Write them in the answers file; the checker runs both `srun` commands and "
-            "compares."
+            "For `srun -N3 -n8 --exclusive` (8 tasks on 3 whole nodes), predict `SLURM_TASKS_PER_NODE`, "
+            "and the node (`SLURM_NODEID`) and local id (`SLURM_LOCALID`) of task 5, with `-m block` and "
+            "with `-m cyclic`. Write them in the answers file; the checker runs both `srun` commands and "
+            "compares. (Without `--exclusive`, on shared nodes, Slurm 22.05 packs the CPUs onto the first "
+            "node: 6, 1, 1 - see the section 'Real Slurm next to clusterlab'.)"
         ),
         hint=(
-            "First count the tasks per node: Slurm deals 8 tasks over 3 nodes as evenly as it can, the "
+            "First count the tasks per node: on whole nodes Slurm deals 8 tasks over 3 nodes as evenly as it can, the "
             "larger counts first. Then `block` fills node 0 with consecutive ranks before node 1, while "
             "`cyclic` deals one rank to each node in turn. The local id counts a node's tasks from 0."
         ),
