@@ -72,3 +72,16 @@ def write(path: Path, text: str) -> Path:
     path.write_text(text)
     os.chmod(path, 0o755)
     return path
+
+
+def needs_docs() -> None:
+    """Skip the calling test module, with the reason, when the docs extra is not installed."""
+    import importlib.util
+
+    import pytest
+
+    missing = [m for m in ("mkdocs", "material", "markdown_exec", "mkdocs_jupyter", "matplotlib")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"the docs extra is not installed ({', '.join(missing)} missing): "
+                    "pip install -e '.[docs]', which `make test` does", allow_module_level=True)

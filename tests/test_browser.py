@@ -13,7 +13,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import needs_docs
 from test_site import LAB_PAGES, ROOT, strict_build
+
+needs_docs()
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

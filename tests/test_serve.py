@@ -28,7 +28,10 @@ import urllib.request
 import uuid
 
 import pytest
+from helpers import needs_docs
 from test_site import ROOT
+
+needs_docs()
 
 STARTUP_TIMEOUT = 90  # seconds until "Serving on ..." (a cold build of every page's Markdown)
 FULL_STARTUP_TIMEOUT = 900  # the real site, every live run not yet cached executed (a cold CI machine)

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import needs_docs
+
+needs_docs()
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_TIMEOUT = 540  # seconds; the whole build runs every example on the site

@@ -14,8 +14,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import clusterlab
+from helpers import clusterlab, needs_docs
 from test_site import strict_build
+
+needs_docs()
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

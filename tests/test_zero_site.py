@@ -17,7 +17,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from helpers import needs_docs
 from test_site import ROOT, built  # noqa: F401 - the session's one strict build
+
+needs_docs()
 
 pytestmark = pytest.mark.timeout(600)
 
