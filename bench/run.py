@@ -51,11 +51,12 @@ def clusterlab_cmd() -> list[str]:
     return [str(script)] if script.exists() else [PYTHON, "-m", "clusterlab"]
 
 
-def simulate(nnodes: int, nproc: int, *worker: str, baseline: bool = False) -> list[str]:
-    """``clusterlab simulate``; with ``baseline``, the tree given by ``--baseline`` (``python -m``)."""
+def simulate(nnodes: int, nproc: int, *worker: str, baseline: bool = False, hosts_off: bool = False) -> list[str]:
+    """``clusterlab simulate`` (nodes as hosts where the kernel allows it, as by default); with
+    ``baseline``, the tree given by ``--baseline`` (``python -m``); with ``hosts_off``, ``--hosts off``."""
     launcher = [PYTHON, "-m", "clusterlab"] if baseline else clusterlab_cmd()
-    return [*launcher, "simulate", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),
-            "--master-port", "0", *worker]
+    return [*launcher, "simulate", *(["--hosts", "off"] if hosts_off else []), "--nnodes", str(nnodes),
+            "--nproc-per-node", str(nproc), "--master-port", "0", *worker]
 
 
 def mpirun_cmd(np_: int, *worker: str) -> list[str]:
@@ -131,6 +132,8 @@ def fig_launch(nnodes: int, nproc: int, repeats: int, timeout: float) -> dict:
     peers = {
         "floor": (None, lambda: floor(world, timeout)),
         "clusterlab": (None, lambda: _hellos(run_together([simulate(nnodes, nproc, hello)], timeout), world)),
+        "hosts_off": (None, lambda: _hellos(run_together([simulate(nnodes, nproc, hello, hosts_off=True)], timeout),
+                                            world)),
         "baseline": _baseline(lambda: _hellos(run_together([simulate(nnodes, nproc, hello, baseline=True)], timeout,
                                                            env=bench_env(PYTHONPATH=str(BASELINE))), world)),
         "torchrun": (missing("torch"), lambda: _hellos(

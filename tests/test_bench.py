@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ("launch", "barrier", "scale", "site")
 PEERS = {
-    "launch": {"floor", "clusterlab", "baseline", "torchrun", "mpirun"},
+    "launch": {"floor", "clusterlab", "hosts_off", "baseline", "torchrun", "mpirun"},
     "barrier": {"clusterlab", "baseline", "relay", "multiprocessing", "gloo", "mpi4py"},
     "scale": {"floor", "clusterlab"},
 }
@@ -74,7 +74,7 @@ def test_quick_suite_writes_results_of_the_right_shape(tmp_path):
     assert "skipped" in results["site"]  # quick mode never builds the site
 
     names = [t["name"] for t in results["targets"]]
-    assert len(names) == 6
+    assert len(names) == 7
     for t in results["targets"]:
         assert t["op"] in ("<=", ">=") and t["met"] in (True, False, None)
 
